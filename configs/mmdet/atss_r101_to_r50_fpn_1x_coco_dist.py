@@ -1,0 +1,23 @@
+# DIST: ATSS R101 (41.5 box AP) -> ATSS R50 (39.4), 1x. ATSS has one anchor
+# per position, so a row is one (image, position) over the 80 classes.
+_base_ = 'mmdet::atss/atss_r50_fpn_1x_coco.py'
+custom_imports = dict(imports=['mmdist'], allow_failed_imports=False)
+
+model = dict(
+    _delete_=True,
+    type='mmdist.Distiller',
+    student={{_base_.model}},
+    teacher='mmdet::atss/atss_r101_fpn_1x_coco.py',
+    teacher_ckpt='https://download.openmmlab.com/mmdetection/v2.0/atss/'
+    'atss_r101_fpn_1x_coco/atss_r101_fpn_1x_20200825-dfcadd6f.pth',
+    distill_terms=[
+        dict(
+            student_module='bbox_head.atss_cls',
+            teacher_module='bbox_head.atss_cls',
+            loss=dict(
+                type='mmdist.DISTLoss',
+                activation='sigmoid',
+                beta=1.0,
+                gamma=1.0,
+                tau=1.0))
+    ])

@@ -1,0 +1,26 @@
+# DIST: Cascade Mask R-CNN ResNeXt-101-64x4d 20e (45.6 box AP) -> Faster
+# R-CNN R50-FPN, 2x. The paper reports 38.4 -> 40.4 box AP. The teacher's
+# first cascade stage scores the student's sampled RoIs (512 per image, gt
+# boxes added); rows are RoIs, columns 80 classes + background, softmax.
+_base_ = 'mmdet::faster_rcnn/faster-rcnn_r50_fpn_2x_coco.py'
+custom_imports = dict(imports=['mmdist'], allow_failed_imports=False)
+
+model = dict(
+    _delete_=True,
+    type='mmdist.Distiller',
+    student={{_base_.model}},
+    teacher='mmdet::cascade_rcnn/cascade-mask-rcnn_x101-64x4d_fpn_20e_coco.py',
+    teacher_ckpt='https://download.openmmlab.com/mmdetection/v2.0/'
+    'cascade_rcnn/cascade_mask_rcnn_x101_64x4d_fpn_20e_coco/'
+    'cascade_mask_rcnn_x101_64x4d_fpn_20e_coco_20200512_161033-bdb5126a.pth',
+    distill_terms=[
+        dict(
+            student_module='roi_head.bbox_head.fc_cls',
+            teacher_module='roi_head.bbox_head.0.fc_cls',
+            loss=dict(
+                type='mmdist.DISTLoss',
+                activation='softmax',
+                beta=1.0,
+                gamma=1.0,
+                tau=1.0))
+    ])

@@ -1,0 +1,10 @@
+# Vanilla KD sibling of resnet34_to_resnet18_8xb32_in1k_dist.py (KD at tau=4, as the paper
+# compared): identical but for the loss.
+_base_ = './resnet34_to_resnet18_8xb32_in1k_dist.py'
+
+model = dict(distill_terms=[
+    dict(
+        student_module='head.fc',
+        teacher_module='head.fc',
+        loss=dict(type='mmdist.KDLoss', tau=4.0))
+])

@@ -1,0 +1,21 @@
+# DIST: SegFormer MiT-B2 (81.08 mIoU in the MMSeg zoo), a transformer
+# teacher, -> DeepLabV3 R18-d8. SegFormer's logits are at 1/4 of the input,
+# the student's at 1/8: the teacher's are resized (bilinear) to the student's.
+# Every pixel of the decode head's logits is a row, the 19 classes the
+# columns.
+_base_ = 'mmseg::deeplabv3/deeplabv3_r18-d8_4xb2-80k_cityscapes-512x1024.py'
+custom_imports = dict(imports=['mmdist'], allow_failed_imports=False)
+
+model = dict(
+    _delete_=True,
+    type='mmdist.Distiller',
+    student={{_base_.model}},
+    teacher='mmseg::segformer/segformer_mit-b2_8xb1-160k_cityscapes-1024x1024.py',
+    teacher_ckpt='https://download.openmmlab.com/mmsegmentation/v0.5/segformer/segformer_mit-b2_8x1_1024x1024_160k_cityscapes/segformer_mit-b2_8x1_1024x1024_160k_cityscapes_20211207_134205-6096669a.pth',
+    distill_terms=[
+        dict(
+            student_module='decode_head.conv_seg',
+            teacher_module='decode_head.conv_seg',
+            resize_teacher=True,
+            loss=dict(type='mmdist.DISTLoss', beta=1.0, gamma=1.0, tau=1.0))
+    ])

@@ -1,0 +1,18 @@
+"""mmdist: DIST knowledge distillation for OpenMMLab 2.0.
+
+Importing the package registers the losses, the distiller and the CPU-capable
+DDP wrapper, lets MMEngine resolve ``mmdist::`` config paths, and makes
+checkpoints written by MMEngine loadable on torch >= 2.6 with
+``weights_only=True`` (see :mod:`mmdist.utils.checkpoint`).
+"""
+from .version import __version__
+from .utils.checkpoint import install_safe_checkpoint_loading
+from .utils.config import register_config_package
+
+register_config_package()
+install_safe_checkpoint_loading()
+
+from . import distillers, engine, losses  # noqa: E402,F401
+from .registry import MODEL_WRAPPERS, MODELS  # noqa: E402,F401
+
+__all__ = ['__version__', 'MODELS', 'MODEL_WRAPPERS']

@@ -1,0 +1,8 @@
+from .checkpoint import UnsafeCheckpointError, install_safe_checkpoint_loading
+from .config import register_config_package
+from .modules import get_module
+
+__all__ = [
+    'UnsafeCheckpointError', 'install_safe_checkpoint_loading',
+    'register_config_package', 'get_module'
+]

@@ -1,0 +1,254 @@
+"""DISTLoss and KDLoss against deliberately plain float64 formulas."""
+import pytest
+import torch
+
+from mmdist.losses import DISTLoss, KDLoss, dist_terms
+
+
+# ---------------------------------------------------------------- reference
+def plain_pearson(u, v, eps=1e-8, w=None):
+    """Pearson correlation of two vectors; weighted when ``w`` is given."""
+    if w is None:
+        w = torch.ones_like(u)
+    mu_u = (w * u).sum() / w.sum()
+    mu_v = (w * v).sum() / w.sum()
+    cov = (w * (u - mu_u) * (v - mu_v)).sum()
+    norm_u = (w * (u - mu_u)**2).sum().sqrt().clamp_min(eps)
+    norm_v = (w * (v - mu_v)**2).sum().sqrt().clamp_min(eps)
+    return cov / (norm_u * norm_v)
+
+
+def plain_dist(s, t, beta=1., gamma=1., tau=1., act='softmax', w=None):
+    """The paper's formula on a (rows x classes) matrix, loop by loop."""
+    s, t = s.double(), t.double()
+    if act == 'softmax':
+        ys, yt = torch.softmax(s / tau, 1), torch.softmax(t / tau, 1)
+    else:
+        ys, yt = torch.sigmoid(s / tau), torch.sigmoid(t / tau)
+    rows, cols = ys.shape
+    w_rows = torch.ones(rows, dtype=torch.float64) if w is None else w.double()
+    inter = sum(w_rows[i] * (1 - plain_pearson(ys[i], yt[i]))
+                for i in range(rows)) / w_rows.sum()
+    intra = sum(1 - plain_pearson(ys[:, j], yt[:, j], w=w_rows)
+                for j in range(cols)) / cols
+    return tau**2 * (beta * inter + gamma * intra)
+
+
+def plain_kd(s, t, tau=1., act='softmax'):
+    s, t = s.double() / tau, t.double() / tau
+    if act == 'softmax':
+        ps, pt = torch.softmax(s, 1), torch.softmax(t, 1)
+        per_row = (pt * (pt.log() - ps.log())).sum(1)
+    else:
+        ps, pt = torch.sigmoid(s), torch.sigmoid(t)
+        per_row = (pt * (pt.log() - ps.log()) + (1 - pt) *
+                   ((1 - pt).log() - (1 - ps).log())).sum(1)
+    return tau**2 * per_row.mean()
+
+
+def dense_rows(x, num_classes):
+    """(N, A*C, H, W) -> one row per (image, anchor, position), by loops."""
+    n, k, h, w = x.shape
+    rows = []
+    for i in range(n):
+        for a in range(k // num_classes):
+            for y in range(h):
+                for z in range(w):
+                    rows.append(x[i, a * num_classes:(a + 1) * num_classes, y,
+                                  z])
+    return torch.stack(rows)
+
+
+def close(a, b, tol=1e-5):
+    return abs(float(a) - float(b)) <= tol * max(1.0, abs(float(b)))
+
+
+# ---------------------------------------------------------------- DISTLoss
+def test_dist_2d_softmax_matches_formula():
+    torch.manual_seed(0)
+    s, t = torch.randn(16, 10), torch.randn(16, 10) * 3
+    assert close(DISTLoss()(s, t), plain_dist(s, t))
+
+
+def test_dist_classification_tau4_beta_gamma2():
+    torch.manual_seed(1)
+    s, t = torch.randn(32, 100), torch.randn(32, 100) * 2
+    loss = DISTLoss(beta=2, gamma=2, tau=4)(s, t)
+    assert close(loss, plain_dist(s, t, beta=2, gamma=2, tau=4))
+
+
+def test_dist_segmentation_4d_equals_pixel_matrix():
+    torch.manual_seed(2)
+    s, t = torch.randn(2, 19, 6, 7), torch.randn(2, 19, 6, 7)
+    matrix_s = s.permute(0, 2, 3, 1).reshape(-1, 19)
+    matrix_t = t.permute(0, 2, 3, 1).reshape(-1, 19)
+    loss = DISTLoss()(s, t)
+    assert close(loss, DISTLoss()(matrix_s, matrix_t))
+    assert close(loss, plain_dist(matrix_s, matrix_t))
+
+
+def test_dist_sigmoid_matches_formula():
+    torch.manual_seed(3)
+    s, t = torch.randn(20, 8), torch.randn(20, 8)
+    loss = DISTLoss(activation='sigmoid')(s, t)
+    assert close(loss, plain_dist(s, t, act='sigmoid'))
+
+
+def test_dist_dense_num_classes_layout():
+    torch.manual_seed(4)
+    anchors, classes = 3, 5
+    s = torch.randn(2, anchors * classes, 4, 3)
+    t = torch.randn(2, anchors * classes, 4, 3)
+    loss = DISTLoss(activation='sigmoid', num_classes=classes)(s, t)
+    ref = plain_dist(dense_rows(s, classes), dense_rows(t, classes),
+                     act='sigmoid')
+    assert close(loss, ref)
+    # The authors' layout: all A*C channels of a position form one row.
+    loss_k = DISTLoss(activation='sigmoid')(s, t)
+    ref_k = plain_dist(dense_rows(s, anchors * classes),
+                       dense_rows(t, anchors * classes), act='sigmoid')
+    assert close(loss_k, ref_k)
+    assert not close(loss, loss_k)
+
+
+def test_dist_weight_drops_rows_in_both_terms():
+    torch.manual_seed(5)
+    s, t = torch.randn(12, 6), torch.randn(12, 6)
+    w = torch.tensor([1., 0.] * 6)
+    loss = DISTLoss()(s, t, weight=w)
+    assert close(loss, plain_dist(s[w > 0], t[w > 0]))
+    # Fractional weights follow the weighted formula.
+    wf = torch.rand(12)
+    assert close(DISTLoss()(s, t, weight=wf), plain_dist(s, t, w=wf))
+
+
+def test_dist_weight_per_pixel_for_dense_anchors():
+    torch.manual_seed(6)
+    s, t = torch.randn(2, 2 * 4, 3, 3), torch.randn(2, 2 * 4, 3, 3)
+    pixel_w = (torch.rand(2, 3, 3) > 0.4).float()
+    loss = DISTLoss(num_classes=4)(s, t, weight=pixel_w)
+    row_w = pixel_w.unsqueeze(1).expand(2, 2, 3, 3).reshape(-1)
+    ref = plain_dist(dense_rows(s, 4), dense_rows(t, 4), w=row_w)
+    assert close(loss, ref)
+
+
+def test_dist_parts_sum_to_loss():
+    torch.manual_seed(7)
+    s, t = torch.randn(8, 5), torch.randn(8, 5)
+    loss, parts = DISTLoss(beta=2, gamma=3, tau=2)(s, t, return_parts=True)
+    inter, intra = dist_terms(s, t, tau=2)
+    assert close(parts['inter'], 4 * 2 * inter)
+    assert close(parts['intra'], 4 * 3 * intra)
+    assert close(loss, parts['inter'] + parts['intra'])
+
+
+@pytest.mark.parametrize('act', ['softmax', 'sigmoid'])
+def test_dist_gradcheck(act):
+    torch.manual_seed(8)
+    s = torch.randn(6, 4, 3, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(6, 4, 3, dtype=torch.float64)
+    w = torch.rand(6, 3, dtype=torch.float64)
+    fn = DISTLoss(beta=1.5, gamma=0.5, tau=2, activation=act)
+    assert torch.autograd.gradcheck(lambda x: fn(x, t), (s, ))
+    assert torch.autograd.gradcheck(lambda x: fn(x, t, weight=w), (s, ))
+
+
+def test_dist_gradient_matches_plain_autograd():
+    torch.manual_seed(9)
+    s = torch.randn(10, 7, requires_grad=True)
+    t = torch.randn(10, 7)
+    DISTLoss(tau=2)(s, t).backward()
+    s64 = s.detach().double().requires_grad_()
+    plain_dist(s64, t, tau=2).backward()
+    assert torch.allclose(s.grad.double(), s64.grad, rtol=1e-4, atol=1e-7)
+
+
+def test_dist_teacher_gets_no_gradient():
+    s = torch.randn(4, 3, requires_grad=True)
+    t = torch.randn(4, 3, requires_grad=True)
+    DISTLoss()(s, t).backward()
+    assert s.grad is not None and t.grad is None
+
+
+def test_dist_half_inputs_computed_in_float32():
+    torch.manual_seed(10)
+    s = torch.randn(16, 10).half().requires_grad_()
+    t = torch.randn(16, 10).half()
+    loss = DISTLoss()(s, t)
+    assert loss.dtype == torch.float32
+    assert close(loss, plain_dist(s.float(), t.float()), tol=1e-4)
+    loss.backward()
+    assert s.grad.dtype == torch.float16 and torch.isfinite(s.grad).all()
+
+
+@pytest.mark.parametrize('act', ['softmax', 'sigmoid'])
+def test_dist_zero_variance_is_finite(act):
+    # A constant student, and a batch of one (every column has one value).
+    for s, t in [(torch.zeros(5, 4), torch.randn(5, 4)),
+                 (torch.randn(1, 4), torch.randn(1, 4)),
+                 (torch.ones(3, 4), torch.ones(3, 4))]:
+        s = s.clone().requires_grad_()
+        loss = DISTLoss(activation=act)(s, t)
+        loss.backward()
+        assert torch.isfinite(loss) and torch.isfinite(s.grad).all()
+
+
+def test_dist_all_rows_dropped_is_zero():
+    s = torch.randn(4, 3, requires_grad=True)
+    loss = DISTLoss()(s, torch.randn(4, 3), weight=torch.zeros(4))
+    loss.backward()
+    assert float(loss) == 0 and torch.equal(s.grad, torch.zeros(4, 3))
+
+
+def test_dist_shape_mismatch_names_both_shapes():
+    with pytest.raises(ValueError, match=r'\(4, 3\).*\(4, 5\)'):
+        DISTLoss()(torch.randn(4, 3), torch.randn(4, 5))
+    with pytest.raises(ValueError, match='num_classes=7'):
+        DISTLoss(num_classes=7)(torch.randn(2, 9, 2, 2), torch.randn(2, 9, 2, 2))
+    with pytest.raises(ValueError, match='weight'):
+        DISTLoss()(torch.randn(4, 3), torch.randn(4, 3), torch.ones(5))
+    with pytest.raises(ValueError, match='activation'):
+        DISTLoss(activation='relu')
+
+
+def test_dist_perfect_match_is_zero_and_invariant_to_affine():
+    torch.manual_seed(11)
+    t = torch.randn(9, 6)
+    assert float(DISTLoss()(t, t)) == pytest.approx(0, abs=1e-6)
+    # Pearson is invariant to shift and positive scale of the predictions,
+    # which for sigmoid(z / tau) shows as equal loss for matching logits.
+    assert float(DISTLoss(activation='sigmoid')(t, t)) == pytest.approx(
+        0, abs=1e-6)
+
+
+# ---------------------------------------------------------------- KDLoss
+@pytest.mark.parametrize('act', ['softmax', 'sigmoid'])
+@pytest.mark.parametrize('tau', [1.0, 4.0])
+def test_kd_matches_formula(act, tau):
+    torch.manual_seed(12)
+    s, t = torch.randn(10, 6), torch.randn(10, 6)
+    loss = KDLoss(tau=tau, activation=act)(s, t)
+    assert close(loss, plain_kd(s, t, tau, act))
+
+
+def test_kd_same_input_handling_as_dist():
+    torch.manual_seed(13)
+    s, t = torch.randn(2, 3 * 4, 2, 2), torch.randn(2, 3 * 4, 2, 2)
+    loss = KDLoss(activation='sigmoid', num_classes=4)(s, t)
+    ref = plain_kd(dense_rows(s, 4), dense_rows(t, 4), act='sigmoid')
+    assert close(loss, ref)
+    w = torch.tensor([1., 0., 1., 1.])
+    s2, t2 = torch.randn(4, 5), torch.randn(4, 5)
+    assert close(KDLoss()(s2, t2, weight=w), plain_kd(s2[w > 0], t2[w > 0]))
+    with pytest.raises(ValueError, match=r'\(4, 5\).*\(4, 6\)'):
+        KDLoss()(s2, torch.randn(4, 6))
+
+
+def test_kd_gradcheck_and_half():
+    s = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(5, 4, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda x: KDLoss(tau=2)(x, t), (s, ))
+    sh = torch.randn(5, 4).half().requires_grad_()
+    loss = KDLoss()(sh, torch.randn(5, 4).half())
+    loss.backward()
+    assert loss.dtype == torch.float32 and torch.isfinite(sh.grad).all()

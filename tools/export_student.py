@@ -1,0 +1,48 @@
+"""Write the student of a distillation checkpoint as a plain checkpoint.
+
+The result loads into the stock MMDet/MMSeg/MMPretrain model built from the
+student's own config (``load_checkpoint(model, out, strict=True)``).
+
+Usage: python tools/export_student.py CHECKPOINT OUT
+"""
+import argparse
+
+import mmdist  # noqa: F401  (safe checkpoint loading)
+import torch
+from mmengine.runner.checkpoint import _load_checkpoint
+
+PREFIX = 'student.'
+
+
+def export_student(checkpoint: str, out: str) -> int:
+    """Save the ``student.*`` weights of ``checkpoint`` without the prefix.
+
+    Returns:
+        int: Number of tensors written.
+    """
+    ckpt = _load_checkpoint(checkpoint, map_location='cpu')
+    state = ckpt.get('state_dict', ckpt)
+    student = {
+        key[len(PREFIX):]: value
+        for key, value in state.items() if key.startswith(PREFIX)
+    }
+    if not student:
+        raise KeyError(f'{checkpoint} holds no {PREFIX}* weights; is it a '
+                       'distillation checkpoint?')
+    meta = dict(ckpt.get('meta', {}))
+    meta['exported_from'] = checkpoint
+    torch.save(dict(meta=meta, state_dict=student), out)
+    return len(student)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('checkpoint', help='distillation checkpoint')
+    parser.add_argument('out', help='output path of the student checkpoint')
+    args = parser.parse_args()
+    count = export_student(args.checkpoint, args.out)
+    print(f'wrote {count} student tensors to {args.out}')
+
+
+if __name__ == '__main__':
+    main()
