@@ -27,8 +27,11 @@ def add_mim_extension() -> None:
                    for cmd in ('develop', 'editable_wheel', 'dist_info'))
     mim = osp.join(HERE, 'mmdist', '.mim')
     os.makedirs(mim, exist_ok=True)
-    for name in ('configs', 'tools'):
-        src = osp.join(HERE, name)
+    # MMEngine reads .mim/model-index.yml before falling back to
+    # .mim/configs/<path>.
+    for name, src in (('configs', 'configs'), ('tools', 'tools'),
+                      ('model-index.yml', 'configs/model-index.yml')):
+        src = osp.join(HERE, src)
         dst = osp.join(mim, name)
         if osp.islink(dst) or osp.isfile(dst):
             os.remove(dst)
@@ -36,8 +39,10 @@ def add_mim_extension() -> None:
             shutil.rmtree(dst)
         if editable:
             os.symlink(osp.relpath(src, mim), dst)
-        else:
+        elif osp.isdir(src):
             shutil.copytree(src, dst)
+        else:
+            shutil.copyfile(src, dst)
 
 
 if __name__ == '__main__':
@@ -53,7 +58,10 @@ if __name__ == '__main__':
         license='Apache License 2.0',
         packages=find_packages(exclude=('configs', 'tools', 'tests')),
         include_package_data=True,
-        package_data={'mmdist': ['.mim/configs/**/*', '.mim/tools/**/*']},
+        package_data={
+            'mmdist':
+            ['.mim/configs/**/*', '.mim/tools/**/*', '.mim/model-index.yml']
+        },
         python_requires='>=3.8',
         install_requires=[
             'torch>=2.0',

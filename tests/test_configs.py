@@ -44,9 +44,10 @@ def zoo_weights(package: str) -> set:
     for path in glob.glob(osp.join(root, '*', 'metafile.y*ml')):
         with open(path) as f:
             meta = yaml.safe_load(f)
-        for model in meta.get('Models', []) or []:
-            if model.get('Weights'):
-                urls.add(model['Weights'])
+        models = meta.get('Models', []) if isinstance(meta, dict) else meta
+        for model in models or []:
+            weights = model.get('Weights') or []
+            urls.update([weights] if isinstance(weights, str) else weights)
     return urls
 
 

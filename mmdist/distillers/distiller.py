@@ -1,5 +1,6 @@
 """One distiller for detection, segmentation and classification."""
 import contextlib
+import logging
 from typing import Dict, List, Optional, Sequence, Union
 
 import torch
@@ -297,6 +298,6 @@ class Distiller(BaseModel):
             f'{term.name!r} this step ({self.nonfinite_in_a_row} in a row, '
             f'{self.nonfinite_total} in total)',
             logger='current',
-            level='WARNING')
+            level=logging.WARNING)
         zero = student_outs[0].new_zeros((), dtype=torch.float32)
         return {f'loss_{term.name}': zero}

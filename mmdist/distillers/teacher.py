@@ -1,5 +1,6 @@
 """Build, load and freeze the teacher; give it the input normalisation it was
 trained with."""
+import logging
 import os
 import os.path as osp
 from typing import Optional, Union
@@ -37,8 +38,13 @@ def load_teacher_config(teacher: Union[str, dict]) -> ConfigDict:
             f'resolve from the working directory {os.getcwd()}; package '
             'configs are written like mmdet::retinanet/<name>.py)')
     try:
-        cfg = Config.fromfile(teacher)
-    except (FileNotFoundError, AssertionError, ValueError) as error:
+        path = teacher
+        if '::' in teacher:
+            # The same lookup MMEngine does for `_base_ = 'mmdet::...'`.
+            path, _ = Config._get_cfg_path(teacher, '')
+        cfg = Config.fromfile(path)
+    except (FileNotFoundError, AssertionError, ValueError,
+            ModuleNotFoundError) as error:
         raise FileNotFoundError(
             f'teacher config {teacher!r} does not resolve: {error}') from None
     if 'model' not in cfg:
@@ -78,7 +84,7 @@ def build_frozen_teacher(teacher: Union[str, dict],
             'RANDOMLY INITIALISED. Distilling from it is only meaningful in '
             'tests and demos.\n' + '!' * 70,
             logger='current',
-            level='WARNING')
+            level=logging.WARNING)
     else:
         if '://' not in checkpoint and not osp.isfile(
                 osp.expanduser(checkpoint)):

@@ -26,6 +26,21 @@ class UnsafeCheckpointError(pickle.UnpicklingError):
     """A checkpoint names pickled globals outside the allowed set."""
 
 
+def _restricted_getattr(obj, name: str):
+    """``getattr`` for unpickling, limited to what MMEngine pickles with it.
+
+    ``HistoryBuffer`` keeps its statistics methods in a dict, which pickle
+    writes as ``getattr(HistoryBuffer, 'mean')``. A general ``getattr``
+    would reach methods such as ``ndarray.tofile`` of allowed objects, so
+    only the registered statistics methods of ``HistoryBuffer`` are given.
+    """
+    from mmengine.logging.history_buffer import HistoryBuffer
+    if obj is HistoryBuffer and name in HistoryBuffer._statistics_methods:
+        return getattr(obj, name)
+    raise pickle.UnpicklingError(
+        f'GLOBAL builtins.getattr refused for {obj!r}.{name}')
+
+
 def openmmlab_checkpoint_globals() -> List[Union[Callable, Tuple[Callable,
                                                                  str]]]:
     """The globals MMEngine/OpenMMLab checkpoints carry besides tensors.
@@ -41,7 +56,8 @@ def openmmlab_checkpoint_globals() -> List[Union[Callable, Tuple[Callable,
     entries: list = [
         HistoryBuffer, np.ndarray, np.dtype, _reconstruct, scalar,
         (_reconstruct, 'numpy.core.multiarray._reconstruct'),
-        (scalar, 'numpy.core.multiarray.scalar')
+        (scalar, 'numpy.core.multiarray.scalar'),
+        (_restricted_getattr, 'builtins.getattr'),
     ]
     # numpy >= 1.25 pickles dtypes through their classes (numpy.dtypes.*).
     for type_ in sorted(set(np.sctypeDict.values()), key=str):

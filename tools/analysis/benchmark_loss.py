@@ -1,0 +1,192 @@
+"""Benchmark DISTLoss against the published formulation of the loss.
+
+The reference computes the loss as the paper's authors and MMRazor write it:
+activation, mean-centring, cosine similarity, and the intra-class term
+through a transpose, with autograd doing the backward pass. Both run
+forward + backward on the same logits; the script prints the median time of
+several runs after a warm-up, the peak extra memory of each implementation
+(measured in its own fresh process), the ratios, and the relative difference
+of the values and gradients.
+
+Usage:
+    python tools/analysis/benchmark_loss.py [--device cpu|cuda] [--runs 7]
+        [--shapes dense seg]
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+# name: (rows-by-classes description, logits shape, activation, num_classes)
+SHAPES = {
+    # RetinaNet-like: 2 images at 1333x800, 9 anchors x 80 classes per
+    # position over the five FPN levels, 403,200 rows of 80 classes.
+    'dense': ('403,200 rows x 80 classes, sigmoid', (2, 9 * 80, 201600 // 9),
+              'sigmoid', 80),
+    # Segmentation at full resolution: 2 images at 512x1024, 19 classes.
+    'seg': ('1,048,576 rows x 19 classes, softmax', (2, 19, 512, 1024),
+            'softmax', None),
+}
+
+
+def reference_dist(student, teacher, activation, num_classes, tau=1.0,
+                   beta=1.0, gamma=1.0, eps=1e-8):
+    """The published formulation, written with generic tensor ops."""
+    def rows(x):
+        if num_classes is not None:
+            n, k = x.shape[:2]
+            x = x.reshape(n, k // num_classes, num_classes, -1)
+            return x.permute(0, 1, 3, 2).reshape(-1, num_classes)
+        return x.flatten(2).transpose(1, 2).reshape(-1, x.shape[1])
+
+    def act(x):
+        return (torch.softmax(x / tau, dim=1)
+                if activation == 'softmax' else torch.sigmoid(x / tau))
+
+    def pearson_distance(a, b):
+        a = a - a.mean(dim=1, keepdim=True)
+        b = b - b.mean(dim=1, keepdim=True)
+        return 1 - F.cosine_similarity(a, b, dim=1, eps=eps).mean()
+
+    y_s = act(rows(student).float())
+    y_t = act(rows(teacher.detach()).float())
+    inter = pearson_distance(y_s, y_t)
+    intra = pearson_distance(y_s.transpose(0, 1), y_t.transpose(0, 1))
+    return tau**2 * (beta * inter + gamma * intra)
+
+
+def mmdist_dist(student, teacher, activation, num_classes):
+    from mmdist.losses import DISTLoss
+    return DISTLoss(activation=activation, num_classes=num_classes)(student,
+                                                                    teacher)
+
+
+IMPLEMENTATIONS = {'reference': reference_dist, 'mmdist': mmdist_dist}
+
+
+def make_inputs(shape_name, device):
+    _, shape, activation, num_classes = SHAPES[shape_name]
+    gen = torch.Generator().manual_seed(0)
+    student = torch.randn(shape, generator=gen).to(device)
+    teacher = (torch.randn(shape, generator=gen) * 2).to(device)
+    return student, teacher, activation, num_classes
+
+
+def step(impl, student, teacher, activation, num_classes):
+    student = student.detach().requires_grad_()
+    loss = IMPLEMENTATIONS[impl](student, teacher, activation, num_classes)
+    loss.backward()
+    return loss.detach(), student.grad
+
+
+def sync(device):
+    if device == 'cuda':
+        torch.cuda.synchronize()
+
+
+def measure_memory(impl, shape_name, device):
+    """Peak extra memory of one forward+backward, in this (fresh) process."""
+    student, teacher, activation, num_classes = make_inputs(shape_name, device)
+    if device == 'cuda':
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        step(impl, student, teacher, activation, num_classes)
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    # ru_maxrss is the process's peak resident size (KiB on Linux); the
+    # inputs are already resident, so the growth is what the loss adds.
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    step(impl, student, teacher, activation, num_classes)
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024
+
+
+def memory_in_subprocess(impl, shape_name, device):
+    out = subprocess.run(
+        [sys.executable, __file__, '--memory-child', impl, shape_name,
+         '--device', device],
+        check=True, capture_output=True, text=True,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    return json.loads(out.stdout.strip().splitlines()[-1])['bytes']
+
+
+def benchmark(shape_name, device, runs):
+    student, teacher, activation, num_classes = make_inputs(shape_name, device)
+    results = {}
+    for impl in IMPLEMENTATIONS:
+        step(impl, student, teacher, activation, num_classes)  # warm-up
+    times = {impl: [] for impl in IMPLEMENTATIONS}
+    for _ in range(runs):
+        for impl in IMPLEMENTATIONS:  # interleaved: same machine state
+            sync(device)
+            start = time.perf_counter()
+            step(impl, student, teacher, activation, num_classes)
+            sync(device)
+            times[impl].append(time.perf_counter() - start)
+    ref_loss, ref_grad = step('reference', student, teacher, activation,
+                              num_classes)
+    new_loss, new_grad = step('mmdist', student, teacher, activation,
+                              num_classes)
+    results['value_rel_diff'] = float(
+        (new_loss - ref_loss).abs() / ref_loss.abs())
+    results['grad_rel_diff'] = float(
+        (new_grad - ref_grad).norm() / ref_grad.norm())
+    for impl in IMPLEMENTATIONS:
+        results[f'{impl}_ms'] = 1000 * statistics.median(times[impl])
+        results[f'{impl}_mb'] = memory_in_subprocess(impl, shape_name,
+                                                     device) / 2**20
+    results['speedup'] = results['reference_ms'] / results['mmdist_ms']
+    results['memory_ratio'] = results['mmdist_mb'] / max(
+        results['reference_mb'], 1e-9)
+    return results
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
+    parser.add_argument('--runs', type=int, default=7)
+    parser.add_argument('--shapes', nargs='+', default=list(SHAPES),
+                        choices=list(SHAPES))
+    parser.add_argument('--json', help='also write the results here')
+    parser.add_argument('--memory-child', nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        impl, shape_name = args.memory_child
+        print(json.dumps(dict(bytes=measure_memory(impl, shape_name,
+                                                   args.device))))
+        return
+
+    print(f'DISTLoss forward+backward on {args.device} '
+          f'(torch {torch.__version__}, {torch.get_num_threads()} threads), '
+          f'median of {args.runs} runs after a warm-up')
+    header = (f'{"shape":<40} {"reference":>18} {"mmdist":>18} '
+              f'{"speed-up":>9} {"memory":>8} {"value diff":>11} '
+              f'{"grad diff":>10}')
+    print(header)
+    print('-' * len(header))
+    all_results = {}
+    for name in args.shapes:
+        r = benchmark(name, args.device, args.runs)
+        all_results[name] = r
+        print(f'{SHAPES[name][0]:<40} '
+              f'{r["reference_ms"]:7.0f} ms {r["reference_mb"]:5.0f} MB '
+              f'{r["mmdist_ms"]:7.0f} ms {r["mmdist_mb"]:5.0f} MB '
+              f'{r["speedup"]:8.2f}x {r["memory_ratio"]:7.2f}x '
+              f'{r["value_rel_diff"]:11.1e} {r["grad_rel_diff"]:10.1e}')
+    print('memory = peak extra memory of one forward+backward, each '
+          'implementation in its own process; ratios are mmdist / reference '
+          '(memory) and reference / mmdist (speed-up)')
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(all_results, f, indent=2)
+
+
+if __name__ == '__main__':
+    main()
