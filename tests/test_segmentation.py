@@ -5,7 +5,8 @@ import copy
 import pytest
 import torch
 
-from helpers import build, load_offline, seg_batch, shipped_configs, train_step
+from helpers import build, seg_batch, shipped_configs, train_step
+from helpers import load_offline as _load_offline
 from mmdist.distillers import DistillTerm
 from mmdist.losses import DISTLoss
 
@@ -14,6 +15,14 @@ DLV3 = ('mmseg/deeplabv3_r101-d8_to_deeplabv3_r18-d8_4xb2-80k_cityscapes-'
         '512x1024_dist.py')
 SEGFORMER = ('mmseg/segformer_mit-b2_to_deeplabv3_r18-d8_4xb2-80k_'
              'cityscapes-512x1024_dist.py')
+
+
+def load_offline(path):
+    """A shipped config offline, with the student padding to the test batch
+    size instead of the 512x1024 Cityscapes crop."""
+    cfg = _load_offline(path)
+    cfg.model.student.data_preprocessor.size = (64, 128)
+    return cfg
 
 
 def test_all_pairs_shipped():
