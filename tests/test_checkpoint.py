@@ -122,3 +122,25 @@ def test_truncated_checkpoint_names_the_file(tmp_path):
     bad.write_bytes(good.read_bytes()[:200])
     with pytest.raises(RuntimeError, match='truncated.pth'):
         CheckpointLoader.load_checkpoint(str(bad), map_location='cpu')
+
+
+def test_runner_checkpoint_loads_in_a_fresh_process(tmp_path):
+    """HistoryBuffer's statistics methods resolve before any buffer
+    exists (as in tools/test.py)."""
+    import subprocess
+    import sys
+    make_runner(tmp_path, 2).train()
+    code = ('import mmdist, torch, sys; '
+            'ckpt = torch.load(sys.argv[1], weights_only=True); '
+            'print(ckpt["meta"]["iter"])')
+    out = subprocess.run([sys.executable, '-c', code,
+                          str(tmp_path / 'iter_2.pth')],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == '2'
+
+
+def test_getattr_is_limited_to_history_buffer_statistics(tmp_path):
+    path = tmp_path / 'getattr.pth'
+    torch.save(dict(meta=np.zeros(3).tofile), path)
+    with pytest.raises(UnsafeCheckpointError, match='getattr'):
+        _load_checkpoint(str(path), map_location='cpu')

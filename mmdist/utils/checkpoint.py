@@ -35,7 +35,12 @@ def _restricted_getattr(obj, name: str):
     only the registered statistics methods of ``HistoryBuffer`` are given.
     """
     from mmengine.logging.history_buffer import HistoryBuffer
-    if obj is HistoryBuffer and name in HistoryBuffer._statistics_methods:
+
+    # The defaults are registered when the first buffer is created, which a
+    # fresh process may not have done yet.
+    allowed = {'min', 'max', 'current', 'mean'}
+    allowed.update(HistoryBuffer._statistics_methods)
+    if obj is HistoryBuffer and name in allowed:
         return getattr(obj, name)
     raise pickle.UnpicklingError(
         f'GLOBAL builtins.getattr refused for {obj!r}.{name}')
