@@ -1,10 +1,10 @@
 """``mmdist::`` config paths resolve like ``mmdet::`` for an installed
-mmdist, from a config outside the repository."""
+mmdist, from a config outside the repository, run from outside it."""
 import os.path as osp
+import subprocess
+import sys
 
-from mmengine.config import Config
-
-import mmdist  # noqa: F401
+import mmdist
 
 
 def test_outside_config_inherits_mmdist_config(tmp_path):
@@ -13,14 +13,20 @@ def test_outside_config_inherits_mmdist_config(tmp_path):
     user_cfg.write_text(
         "_base_ = 'mmdist::mmdet/retinanet_x101-64x4d_to_r50_fpn_2x_coco_dist.py'\n"
         "train_dataloader = dict(batch_size=4)\n")
-    cfg = Config.fromfile(str(user_cfg))
-    assert cfg.model.type == 'mmdist.Distiller'
-    assert cfg.model.student.type == 'RetinaNet'
-    assert cfg.train_dataloader.batch_size == 4
+    code = ('import sys, mmdist; from mmengine.config import Config; '
+            'cfg = Config.fromfile(sys.argv[1]); '
+            'print(cfg.model.type, cfg.model.student.type, '
+            'cfg.train_dataloader.batch_size)')
+    # A fresh interpreter in another directory: nothing of the repository on
+    # sys.path but what the installation put there.
+    out = subprocess.run([sys.executable, '-c', code, str(user_cfg)],
+                         cwd=str(tmp_path), capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ['mmdist.Distiller', 'RetinaNet', '4']
 
 
 def test_package_ships_configs_and_tools():
-    from mmengine.utils import get_installed_path
-    root = get_installed_path('mmdist')
+    root = osp.dirname(mmdist.__file__)
     assert osp.isdir(osp.join(root, '.mim', 'configs', 'mmdet'))
+    assert osp.isfile(osp.join(root, '.mim', 'model-index.yml'))
     assert osp.isfile(osp.join(root, '.mim', 'tools', 'train.py'))

@@ -11,7 +11,7 @@ import mmdist  # noqa: F401  (safe checkpoint loading)
 import torch
 from mmengine.runner.checkpoint import _load_checkpoint
 
-PREFIX = 'student.'
+from mmdist.utils.student import STUDENT_PREFIX, student_state_dict
 
 
 def export_student(checkpoint: str, out: str) -> int:
@@ -22,13 +22,10 @@ def export_student(checkpoint: str, out: str) -> int:
     """
     ckpt = _load_checkpoint(checkpoint, map_location='cpu')
     state = ckpt.get('state_dict', ckpt)
-    student = {
-        key[len(PREFIX):]: value
-        for key, value in state.items() if key.startswith(PREFIX)
-    }
-    if not student:
-        raise KeyError(f'{checkpoint} holds no {PREFIX}* weights; is it a '
-                       'distillation checkpoint?')
+    if not any(key.startswith(STUDENT_PREFIX) for key in state):
+        raise KeyError(f'{checkpoint} holds no {STUDENT_PREFIX}* weights; is '
+                       'it a distillation checkpoint?')
+    student = student_state_dict(state)
     meta = dict(ckpt.get('meta', {}))
     meta['exported_from'] = checkpoint
     torch.save(dict(meta=meta, state_dict=student), out)

@@ -1,0 +1,3 @@
+from .discrepancy import measure_discrepancy
+
+__all__ = ['measure_discrepancy']
