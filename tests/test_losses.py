@@ -252,3 +252,14 @@ def test_kd_gradcheck_and_half():
     loss = KDLoss()(sh, torch.randn(5, 4).half())
     loss.backward()
     assert loss.dtype == torch.float32 and torch.isfinite(sh.grad).all()
+
+
+def test_dist_second_backward_with_retained_graph_matches():
+    torch.manual_seed(14)
+    s = torch.randn(7, 5, requires_grad=True)
+    t = torch.randn(7, 5)
+    loss = DISTLoss(activation='sigmoid')(s, t)
+    first, = torch.autograd.grad(loss, s, retain_graph=True)
+    first = first.clone()
+    second, = torch.autograd.grad(loss, s)
+    assert torch.allclose(first, second, atol=1e-7)

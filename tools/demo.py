@@ -54,11 +54,11 @@ def make_data(task: str, root: str, images: int) -> str:
         print(f'[{task}] generating {images} training images in {folder}')
         if task == 'det':
             make_coco_detection(folder, num_train=images,
-                                num_val=max(50, images // 4),
+                                num_val=max(8, images // 4),
                                 size=(128, 128), max_objects=6, seed=0)
         else:
             make_cityscapes(folder, num_train=images,
-                            num_val=max(25, images // 8), size=(128, 64),
+                            num_val=max(4, images // 8), size=(128, 64),
                             max_objects=8, seed=0)
         open(marker, 'w').close()
     return folder + '/'
@@ -71,6 +71,9 @@ def demo_config(task: str, variant: str, data_root: str, work_dir: str,
     cfg = Config.fromfile(osp.join(DEMO_CONFIGS, f'{task}_{name}.py'))
     cfg.work_dir = work_dir
     cfg.experiment_name = f'demo_{task}_{variant}'
+    # The stock runtimes name every visualizer 'visualizer', a process-wide
+    # singleton: one name per run keeps each run's scalars in its own dir.
+    cfg.visualizer.name = cfg.experiment_name
     for split in ('train', 'val', 'test'):
         cfg[f'{split}_dataloader'].dataset.data_root = data_root
     if task == 'det':
