@@ -57,3 +57,17 @@ def test_teacher_from_an_mmdist_config_path():
     cfg.model.teacher = 'mmdist::mmpretrain/resnet18_8xb16_cifar100.py'
     model = build(cfg)
     assert model.teacher.backbone.depth == 18
+
+
+def test_hooks_keep_nothing_between_steps():
+    cfg = load_offline('mmdet/atss_r101_to_r50_fpn_1x_coco_dist.py')
+    model = build(cfg)
+    train_step(model, det_batch())
+    assert all(not r.records and not r.active for r in model.recorders)
+    # Also when a step fails half-way.
+    model.terms[0].loss.forward = lambda *a, **k: 1 / 0
+    try:
+        train_step(model, det_batch())
+    except ZeroDivisionError:
+        pass
+    assert all(not r.records and not r.active for r in model.recorders)

@@ -15,7 +15,6 @@ Usage:
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -38,7 +37,8 @@ SHAPES = {
 
 def reference_dist(student, teacher, activation, num_classes, tau=1.0,
                    beta=1.0, gamma=1.0, eps=1e-8):
-    """The published formulation, written with generic tensor ops."""
+    """The published formulation, written with generic tensor ops (float32,
+    or float64 for float64 inputs: the accuracy yardstick)."""
     def rows(x):
         if num_classes is not None:
             n, k = x.shape[:2]
@@ -55,8 +55,9 @@ def reference_dist(student, teacher, activation, num_classes, tau=1.0,
         b = b - b.mean(dim=1, keepdim=True)
         return 1 - F.cosine_similarity(a, b, dim=1, eps=eps).mean()
 
-    y_s = act(rows(student).float())
-    y_t = act(rows(teacher.detach()).float())
+    dtype = torch.promote_types(student.dtype, torch.float32)
+    y_s = act(rows(student).to(dtype))
+    y_t = act(rows(teacher.detach()).to(dtype))
     inter = pearson_distance(y_s, y_t)
     intra = pearson_distance(y_s.transpose(0, 1), y_t.transpose(0, 1))
     return tau**2 * (beta * inter + gamma * intra)
@@ -104,11 +105,23 @@ def measure_memory(impl, shape_name, device):
         step(impl, student, teacher, activation, num_classes)
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
-    # ru_maxrss is the process's peak resident size (KiB on Linux); the
-    # inputs are already resident, so the growth is what the loss adds.
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux: reset the peak resident size (VmHWM) to the current one, run,
+    # read the peak. (getrusage's maxrss survives exec: it would report the
+    # parent's peak.) The inputs are resident before, so the growth is what
+    # the loss adds.
+    base = _status_kib('VmRSS')
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')
     step(impl, student, teacher, activation, num_classes)
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024
+    return (_status_kib('VmHWM') - base) * 1024
+
+
+def _status_kib(field):
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith(field + ':'):
+                return int(line.split()[1])
+    raise KeyError(field)
 
 
 def memory_in_subprocess(impl, shape_name, device):
@@ -141,6 +154,17 @@ def benchmark(shape_name, device, runs):
         (new_loss - ref_loss).abs() / ref_loss.abs())
     results['grad_rel_diff'] = float(
         (new_grad - ref_grad).norm() / ref_grad.norm())
+    # Both float32 gradients against the float64 reference: how much of
+    # their difference is float32 rounding, and whose.
+    true_loss, true_grad = step('reference', student.double(),
+                                teacher.double(), activation, num_classes)
+    for impl, loss, grad in (('reference', ref_loss, ref_grad),
+                             ('mmdist', new_loss, new_grad)):
+        results[f'{impl}_grad_err_vs_f64'] = float(
+            (grad.double() - true_grad).norm() / true_grad.norm())
+        results[f'{impl}_value_err_vs_f64'] = float(
+            (loss.double() - true_loss).abs() / true_loss.abs())
+    del true_grad
     for impl in IMPLEMENTATIONS:
         results[f'{impl}_ms'] = 1000 * statistics.median(times[impl])
         results[f'{impl}_mb'] = memory_in_subprocess(impl, shape_name,
@@ -185,7 +209,15 @@ def main():
               f'{r["value_rel_diff"]:11.1e} {r["grad_rel_diff"]:10.1e}')
     print('memory = peak extra memory of one forward+backward, each '
           'implementation in its own process; ratios are mmdist / reference '
-          '(memory) and reference / mmdist (speed-up)')
+          '(memory) and reference / mmdist (speed-up); diffs are relative '
+          '(gradients by norm)')
+    print('\nagainst the float64 reference:')
+    for name, r in all_results.items():
+        print(f'{SHAPES[name][0]:<40} value error: reference '
+              f'{r["reference_value_err_vs_f64"]:.1e}, mmdist '
+              f'{r["mmdist_value_err_vs_f64"]:.1e}; gradient error: '
+              f'reference {r["reference_grad_err_vs_f64"]:.1e}, mmdist '
+              f'{r["mmdist_grad_err_vs_f64"]:.1e}')
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(all_results, f, indent=2)
