@@ -11,7 +11,8 @@ distiller itself: hooks, renormalisation, the loss). For the two-stage pair
 it also times the teacher's full ``loss()`` (RPN, sampler, all heads and
 losses), which a distiller that simply ran the teacher would pay.
 
-Timings are medians of several runs after a warm-up, in one process.
+Timings are medians of several interleaved runs after a warm-up, in one
+process.
 
 Usage:
     python tools/analysis/benchmark_step.py [--pairs det seg two-stage]
@@ -117,11 +118,20 @@ def benchmark(name: str, runs: int, batch: int) -> dict:
             model._run_teacher(inputs, samples)
             return time.perf_counter() - start
 
-    teacher_times = [teacher_minimal() for _ in range(runs + 2)][2:]
-    result = dict(
-        student=median_time(student_step, runs),
-        teacher_minimal=statistics.median(teacher_times),
-        distill=median_time(distill_step, runs))
+    def timed(fn):
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
+
+    # Interleaved, so that drifts of the machine hit all three alike.
+    times = dict(student=[], teacher_minimal=[], distill=[])
+    for run in range(runs + 2):
+        samples_ = (timed(student_step), teacher_minimal(),
+                    timed(distill_step))
+        if run >= 2:  # warm-up
+            for key, value in zip(times, samples_):
+                times[key].append(value)
+    result = {key: statistics.median(value) for key, value in times.items()}
     result['ratio'] = result['distill'] / (
         result['student'] + result['teacher_minimal'])
     if name == 'two-stage':
