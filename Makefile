@@ -2,7 +2,8 @@
 PYTHON := .venv/bin/python
 
 TASK ?= all
-ITERS ?= 300
+ITERS ?= 250
+TEACHER_ITERS ?= 500
 IMAGES ?= 400
 
 .PHONY: install test test-fast demo clean
@@ -20,9 +21,10 @@ test-fast: install
 	$(PYTHON) -m pytest tests -v -m "not heavy"
 
 # KD vs DIST on built-in synthetic data (detection and segmentation), with a
-# report in work_dirs/demo/. TASK=det|seg|all, ITERS, IMAGES.
+# report in work_dirs/demo/. TASK=det|seg|all, ITERS (students),
+# TEACHER_ITERS, IMAGES.
 demo: install
-	$(PYTHON) tools/demo.py --task $(TASK) --iters $(ITERS) --images $(IMAGES)
+	$(PYTHON) tools/demo.py --task $(TASK) --iters $(ITERS) --teacher-iters $(TEACHER_ITERS) --images $(IMAGES)
 
 clean:
 	rm -rf work_dirs .pytest_cache
