@@ -1,0 +1,100 @@
+"""Two processes (gloo) train the same student as one process that sees the
+same global batch as two micro-batches with gradient accumulation.
+
+DDP averages the two ranks' gradients; ``accumulative_counts=2`` averages
+the two micro-batches' gradients. BatchNorm and DIST's intra-class term are
+per process (per micro-batch), so the single process is given the samples in
+the order the distributed sampler deals them to the ranks (rank r takes
+every other sample): micro-batch k of the single run is then exactly rank
+k's batch, and the student weights must agree up to floating-point
+reduction order.
+"""
+import random
+
+import pytest
+import torch
+from mmengine.config import Config
+
+from helpers import run_tool
+from test_e2e_classification import tiny_classification_config
+
+STEPS = 3
+PER_RANK = 2
+TOLERANCE = dict(rtol=1e-4, atol=1e-6)
+
+
+def write_ann_file(root, path, order):
+    """An MMPretrain annotation file (``path label`` lines) in ``order``."""
+    classes = sorted(p.name for p in (root / 'train').iterdir())
+    samples = [(f'{c}/{f.name}', i) for i, c in enumerate(classes)
+               for f in sorted((root / 'train' / c).iterdir())]
+    path.write_text(''.join(f'{samples[i][0]} {samples[i][1]}\n'
+                            for i in order))
+    return len(samples)
+
+
+@pytest.mark.heavy
+def test_two_processes_match_one_with_accumulation(tmp_path):
+    base = tiny_classification_config(tmp_path)
+    root = tmp_path / 'imagenet'
+    total = STEPS * 2 * PER_RANK
+    natural = tmp_path / 'natural.txt'
+    count = write_ann_file(root, natural, range(total))
+    assert count >= total
+    # DefaultSampler(shuffle=False) gives rank r the samples r, r+2, ...;
+    # step s of rank r takes its s-th pair.
+    dealt = [i for s in range(STEPS) for r in (0, 1)
+             for i in range(r, total, 2)[s * PER_RANK:(s + 1) * PER_RANK]]
+    interleaved = tmp_path / 'interleaved.txt'
+    write_ann_file(root, interleaved, dealt)
+
+    def config(ann_file, iters, accumulate, name):
+        cfg = Config.fromfile(str(base))
+        loader = cfg.train_dataloader
+        loader.batch_size = PER_RANK
+        loader.sampler = dict(type='DefaultSampler', shuffle=False)
+        loader.dataset.ann_file = str(ann_file)
+        loader.dataset.data_prefix = str(root / 'train')
+        loader.dataset.pipeline = [
+            dict(type='LoadImageFromFile'),
+            dict(type='ResizeEdge', scale=64, edge='short'),
+            dict(type='CenterCrop', crop_size=64),
+            dict(type='PackInputs')
+        ]
+        cfg.train_cfg = dict(by_epoch=False, max_iters=iters,
+                             val_interval=1000)
+        cfg.val_dataloader = cfg.val_cfg = cfg.val_evaluator = None
+        cfg.optim_wrapper = dict(
+            optimizer=dict(type='SGD', lr=0.05, momentum=0.9),
+            accumulative_counts=accumulate)
+        cfg.default_hooks.checkpoint = dict(
+            type='CheckpointHook', interval=iters, by_epoch=False)
+        cfg.log_processor = dict(by_epoch=False)
+        cfg.randomness = dict(seed=0)
+        path = tmp_path / f'{name}.py'
+        cfg.dump(str(path))
+        return path
+
+    two = config(natural, STEPS, 1, 'two_processes')
+    one = config(interleaved, 2 * STEPS, 2, 'one_process')
+    port = str(random.randint(20000, 40000))
+    run_tool('dist_train.sh', two, 2, '--work-dir', tmp_path / 'two',
+             env=dict(PORT=port, OMP_NUM_THREADS='1'))
+    run_tool('train.py', one, '--work-dir', tmp_path / 'one',
+             env=dict(OMP_NUM_THREADS='1'))
+
+    def weights(path):
+        state = torch.load(path, weights_only=True)['state_dict']
+        # Running BN statistics are per process by design; compare what
+        # the optimizer trains.
+        return {k: v for k, v in state.items()
+                if k.startswith('student.') and 'running' not in k
+                and 'num_batches' not in k}
+
+    a = weights(tmp_path / 'two' / f'iter_{STEPS}.pth')
+    b = weights(tmp_path / 'one' / f'iter_{2 * STEPS}.pth')
+    assert a.keys() == b.keys()
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    print(f'largest weight difference after {STEPS} steps: {worst:.2e}')
+    for key in a:
+        assert torch.allclose(a[key], b[key], **TOLERANCE), (key, worst)
