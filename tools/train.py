@@ -7,6 +7,7 @@ import os
 import os.path as osp
 
 import mmdist  # noqa: F401  (registers mmdist, safe checkpoint loading)
+import torch.distributed as dist
 from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
@@ -72,7 +73,13 @@ def main() -> None:
 
     runner = (Runner.from_cfg(cfg)
               if 'runner_type' not in cfg else RUNNERS.build(cfg))
-    runner.train()
+    try:
+        runner.train()
+    finally:
+        # Tear the process group down before interpreter exit: gloo's
+        # threads otherwise may abort the process at shutdown.
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 if __name__ == '__main__':
