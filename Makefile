@@ -12,7 +12,7 @@ IMAGES ?= 400
 install:
 	bash tools/install_env.sh
 
-# The whole suite (about 15 minutes on 2 cores); sets up the venv first.
+# The whole suite (about 7 minutes on 2 cores); sets up the venv first.
 test: install
 	$(PYTHON) -m pytest tests -v
 

@@ -10,11 +10,12 @@ With student and teacher predictions ``Y = act(Z / tau)`` arranged as rows
 Pearson correlation is the cosine of the mean-centred vectors, each norm
 clamped below at ``eps`` (as ``torch.nn.functional.cosine_similarity`` does).
 
-The implementation streams over blocks of rows and keeps only per-row and
-per-column statistics; the backward pass recomputes the activations block by
-block and writes the student's gradient analytically. Nothing the size of the
-logits is stored besides the inputs and the gradient itself, and every block
-is computed in float32 whatever the input dtype.
+The implementation streams over blocks of rows and keeps per-row and
+per-column statistics and the student's activations; the backward pass
+recomputes the teacher's activations block by block and writes the
+student's gradient analytically over the kept activations. The only
+logits-sized tensor it allocates is that one, and every block is computed in
+float32 (float64 inputs stay float64) whatever the input dtype.
 
 Row weights (``weight``): the inter-class term is the weighted mean over rows
 ``sum_i w_i (1 - rho_i) / sum_i w_i``; the intra-class term uses weighted
