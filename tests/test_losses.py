@@ -211,14 +211,14 @@ def test_dist_shape_mismatch_names_both_shapes():
         DISTLoss(activation='relu')
 
 
-def test_dist_perfect_match_is_zero_and_invariant_to_affine():
+def test_dist_identical_predictions_give_zero():
     torch.manual_seed(11)
     t = torch.randn(9, 6)
     assert float(DISTLoss()(t, t)) == pytest.approx(0, abs=1e-6)
-    # Pearson is invariant to shift and positive scale of the predictions,
-    # which for sigmoid(z / tau) shows as equal loss for matching logits.
     assert float(DISTLoss(activation='sigmoid')(t, t)) == pytest.approx(
         0, abs=1e-6)
+    # Softmax ignores a per-row shift of the logits, so DIST does too.
+    assert float(DISTLoss()(t + 3.0, t)) == pytest.approx(0, abs=1e-6)
 
 
 # ---------------------------------------------------------------- KDLoss
