@@ -1,8 +1,11 @@
 """DISTLoss and KDLoss against deliberately plain float64 formulas."""
+import math
+
 import pytest
 import torch
 
 from mmdist.losses import DISTLoss, KDLoss, dist_terms
+from mmdist.losses.blocks import force_block_policy
 
 
 # ---------------------------------------------------------------- reference
@@ -64,6 +67,54 @@ def close(a, b, tol=1e-5):
 
 
 # ---------------------------------------------------------------- DISTLoss
+def autograd_dist(s, t, act='softmax', w=None, beta=1., gamma=1., tau=1.,
+                  eps=1e-8):
+    """The same formula, vectorised, float64, for autograd: per-norm eps
+    clamp, cosine of centred vectors, weighted column means and
+    (co)variances. ``vector_norm`` passes no gradient at a zero norm (a
+    plain ``sqrt`` would give 0 * inf there)."""
+    s, t = s.double(), t.double()
+    if act == 'softmax':
+        ys, yt = torch.softmax(s / tau, 1), torch.softmax(t / tau, 1)
+    else:
+        ys, yt = torch.sigmoid(s / tau), torch.sigmoid(t / tau)
+    w = torch.ones(len(s), dtype=torch.float64) if w is None else w.double()
+
+    def pearson(a, b, wt, dim):
+        ua = a - (wt * a).sum(dim, keepdim=True) / wt.sum(dim, keepdim=True)
+        ub = b - (wt * b).sum(dim, keepdim=True) / wt.sum(dim, keepdim=True)
+        root = wt.sqrt()
+        na = torch.linalg.vector_norm(root * ua, dim=dim).clamp_min(eps)
+        nb = torch.linalg.vector_norm(root * ub, dim=dim).clamp_min(eps)
+        return (wt * ua * ub).sum(dim) / (na * nb)
+
+    inter = (w * (1 - pearson(ys, yt, torch.ones_like(ys), 1))).sum() / w.sum()
+    intra = (1 - pearson(ys, yt, w[:, None].expand_as(ys), 0)).mean()
+    return tau**2 * (beta * inter + gamma * intra)
+
+
+def grads(s, t, w=None, **kwargs):
+    """(mmdist gradient, float64 autograd gradient of the same formula)."""
+    s = s.detach().requires_grad_()
+    DISTLoss(**kwargs)(s, t, weight=w).backward()
+    s64 = s.detach().double().requires_grad_()
+    autograd_dist(s64, t, kwargs.get('activation', 'softmax'), w,
+                  kwargs.get('beta', 1.), kwargs.get('gamma', 1.),
+                  kwargs.get('tau', 1.)).backward()
+    return s.grad, s64.grad
+
+
+def rel_err(a, b):
+    return float((a.double() - b).norm() / b.norm())
+
+
+@pytest.fixture(params=['cpu', 'gpu'])
+def policy(request):
+    """Run a test under both block policies (see mmdist.losses.blocks)."""
+    with force_block_policy(request.param):
+        yield request.param
+
+
 def test_dist_2d_softmax_matches_formula():
     torch.manual_seed(0)
     s, t = torch.randn(16, 10), torch.randn(16, 10) * 3
@@ -193,6 +244,77 @@ def test_dist_zero_variance_is_finite(act):
         assert torch.isfinite(loss) and torch.isfinite(s.grad).all()
 
 
+@pytest.mark.parametrize('act', ['softmax', 'sigmoid'])
+def test_dist_batch_of_one_intra_passes_no_gradient(act, policy):
+    # Every column has one value: the intra-class term is constant (1).
+    torch.manual_seed(15)
+    s, t = torch.randn(1, 80), torch.randn(1, 80)
+    got, ref = grads(s, t, activation=act, beta=0.)
+    assert torch.equal(ref, torch.zeros_like(ref))
+    assert torch.equal(got, torch.zeros_like(got))
+    got, ref = grads(s, t, activation=act, tau=2.)  # inter only
+    assert rel_err(got, ref) < 1e-5
+
+
+@pytest.mark.parametrize('act', ['softmax', 'sigmoid'])
+def test_dist_single_weighted_row_intra_passes_no_gradient(act, policy):
+    # 3000 rows span several blocks of the CPU policy; the one weighted row
+    # sits in the last one.
+    torch.manual_seed(16)
+    s, t = torch.randn(3000, 80), torch.randn(3000, 80) * 2
+    w = torch.zeros(3000)
+    w[2990] = 1.
+    got, ref = grads(s, t, w, activation=act, beta=0.)
+    assert torch.equal(ref, torch.zeros_like(ref))
+    assert torch.equal(got, torch.zeros_like(got))
+    got, ref = grads(s, t, w, activation=act)
+    assert rel_err(got, ref) < 1e-5
+    assert torch.equal(got[:2990], torch.zeros(2990, 80))
+    # A fractional weight: its weighted mean is the value up to rounding.
+    w[2990] = 0.3
+    got, _ = grads(s, t, w, activation=act, beta=0.)
+    assert torch.equal(got, torch.zeros_like(got))
+
+
+@pytest.mark.parametrize('act', ['softmax', 'sigmoid'])
+def test_dist_small_column_spread_matches_autograd(act, policy):
+    # Columns with a real spread of about 1e-3 in the activations.
+    torch.manual_seed(17)
+    spread = 1e-2 if act == 'softmax' else 4e-3
+    s = torch.randn(1, 10) + spread * torch.randn(64, 10)
+    t = torch.randn(1, 10) + spread * torch.randn(64, 10)
+    y = torch.softmax(s, 1) if act == 'softmax' else torch.sigmoid(s)
+    assert 3e-4 < float(y.std(0).mean()) < 3e-3
+    got, ref = grads(s, t, activation=act)
+    assert rel_err(got, ref) < 1e-4
+    w = torch.rand(64)
+    got, ref = grads(s, t, w, activation=act, tau=2.)
+    assert rel_err(got, ref) < 1e-4
+
+
+@pytest.mark.parametrize('dtype, tol', [(torch.float16, 2e-3),
+                                        (torch.bfloat16, 1e-2)])
+@pytest.mark.parametrize('act', ['softmax', 'sigmoid'])
+def test_dist_low_precision_matches_upcast_autograd(dtype, tol, act, policy):
+    torch.manual_seed(18)
+    s = torch.randn(16, 10).to(dtype).requires_grad_()
+    t = torch.randn(16, 10).to(dtype)
+    loss = DISTLoss(activation=act, beta=2., gamma=2.)(s, t)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    s64 = s.detach().double().requires_grad_()
+    ref = autograd_dist(s64, t, act, beta=2., gamma=2.)
+    assert close(loss, ref, tol=1e-5)
+    loss.backward()
+    ref.backward()
+    assert s.grad.dtype == dtype and torch.isfinite(s.grad).all()
+    assert rel_err(s.grad, s64.grad) < tol  # the gradient's own rounding
+    # A batch of one in half precision: intra passes exactly nothing.
+    one = torch.randn(1, 80).to(dtype).requires_grad_()
+    DISTLoss(activation=act, beta=0.)(one, torch.randn(1, 80).to(dtype)
+                                      ).backward()
+    assert torch.equal(one.grad, torch.zeros_like(one.grad))
+
+
 def test_dist_all_rows_dropped_is_zero():
     s = torch.randn(4, 3, requires_grad=True)
     loss = DISTLoss()(s, torch.randn(4, 3), weight=torch.zeros(4))
@@ -219,6 +341,22 @@ def test_dist_identical_predictions_give_zero():
         0, abs=1e-6)
     # Softmax ignores a per-row shift of the logits, so DIST does too.
     assert float(DISTLoss()(t + 3.0, t)) == pytest.approx(0, abs=1e-6)
+
+
+@pytest.mark.parametrize('loss, name, value', [
+    (DISTLoss, 'beta', -1.), (DISTLoss, 'gamma', -0.5),
+    (DISTLoss, 'loss_weight', -2.), (DISTLoss, 'beta', math.nan),
+    (DISTLoss, 'tau', 0.), (DISTLoss, 'tau', -1.), (DISTLoss, 'tau', math.nan),
+    (DISTLoss, 'tau', math.inf), (DISTLoss, 'eps', 0.),
+    (DISTLoss, 'eps', -1e-8), (DISTLoss, 'eps', math.nan),
+    (DISTLoss, 'eps', math.inf), (KDLoss, 'tau', 0.), (KDLoss, 'tau', -1.),
+    (KDLoss, 'tau', math.nan), (KDLoss, 'tau', math.inf),
+    (KDLoss, 'loss_weight', -1.), (KDLoss, 'loss_weight', math.nan)
+])
+def test_invalid_hyper_parameters_rejected_at_construction(loss, name, value):
+    with pytest.raises(ValueError,
+                       match=rf'{loss.__name__} {name} .*got {value!r}'):
+        loss(**{name: value})
 
 
 # ---------------------------------------------------------------- KDLoss

@@ -10,12 +10,13 @@ With student and teacher predictions ``Y = act(Z / tau)`` arranged as rows
 Pearson correlation is the cosine of the mean-centred vectors, each norm
 clamped below at ``eps`` (as ``torch.nn.functional.cosine_similarity`` does).
 
-The implementation streams over blocks of rows and keeps per-row and
-per-column statistics and the student's activations; the backward pass
-recomputes the teacher's activations block by block and writes the
-student's gradient analytically over the kept activations. The only
-logits-sized tensor it allocates is that one, and every block is computed in
-float32 (float64 inputs stay float64) whatever the input dtype.
+The implementation streams over blocks of rows (sized per device, see
+:mod:`mmdist.losses.blocks`) and keeps per-row and per-column statistics and
+the student's activations; the backward pass recomputes the teacher's
+activations block by block and writes the student's gradient analytically
+over the kept activations. The only logits-sized tensor it allocates is
+that one, and every block is computed in float32 (float64 inputs stay
+float64) whatever the input dtype.
 
 Row weights (``weight``): the inter-class term is the weighted mean over rows
 ``sum_i w_i (1 - rho_i) / sum_i w_i``; the intra-class term uses weighted
@@ -23,33 +24,22 @@ column means and weighted (co)variances, ``sum_i w_i (y_s - mu_s)(y_t - mu_t)``.
 A zero weight therefore drops a row from both terms exactly; if every weight
 is zero both terms are 0 and the gradient is 0.
 """
-from typing import Dict, Iterator, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
 from mmdist.registry import MODELS
-from .rows import as_rows, check_pair, weight_as_rows
+from .blocks import block_elements, split_blocks
+from .rows import as_rows, check_number, check_pair, weight_as_rows
 
-# Elements per block: small enough to stay in cache, large enough that the
-# per-block Python overhead is negligible.
-_BLOCK_ELEMENTS = 1 << 17
 _ACTIVATIONS = ('softmax', 'sigmoid')
-
-
-def _blocks(shape: torch.Size) -> Iterator[Tuple[slice, slice]]:
-    """Yield ``(rows_of_G, rows_of_P)`` slices covering a ``(G, C, P)``."""
-    g, c, p = shape
-    p_step = max(1, min(p, _BLOCK_ELEMENTS // c))
-    g_step = max(1, _BLOCK_ELEMENTS // (c * p_step))
-    for g0 in range(0, g, g_step):
-        for p0 in range(0, p, p_step):
-            yield slice(g0, g0 + g_step), slice(p0, p0 + p_step)
 
 
 def _activate(block: Tensor, activation: str, tau: float,
               dtype: torch.dtype) -> Tensor:
-    block = block.to(dtype)
+    if block.dtype != dtype:
+        block = block.to(dtype)
     if tau != 1.0:
         block = block / tau
     if activation == 'softmax':
@@ -65,9 +55,33 @@ def _centre_rows(y: Tensor, activation: str) -> Tensor:
 
 
 def _column_sums(x: Tensor) -> Tensor:
-    """Sum a ``(g, C, p)`` block over its rows, i.e. dims 0 and 2 (the
-    contiguous dim first: much faster than one two-dim reduction)."""
+    """Sum a ``(g, C, p)`` block over its rows, i.e. dims 0 and 2 (on a CPU
+    the contiguous dim first is much faster than one two-dim reduction)."""
+    if x.shape[0] == 1 or x.shape[2] == 1:
+        return x.sum(dim=(0, 2))
     return x.sum(dim=2).sum(dim=0)
+
+
+def _column_means(y: Tensor, w: Optional[Tensor]) -> Tensor:
+    """(Weighted) column means of a block, shaped ``(1, C, 1)``."""
+    if w is None:
+        return y.mean(dim=(0, 2), keepdim=True)
+    return (_column_sums(y * w) / w.sum()).view(1, -1, 1)
+
+
+def _weighted_first(blocks: List[Tuple[slice, slice]],
+                    weight: Tensor) -> List[Tuple[slice, slice]]:
+    """Move a block holding a row of positive weight to the front: the
+    column means of the first block are the shift of the running sums, and
+    a shift taken from weighted rows makes a column whose weighted values
+    are all equal come out with a variance of exactly zero."""
+    p = weight.shape[1]
+    row = int(weight.reshape(-1).argmax())
+    g_row, p_row = divmod(row, p)
+    for i, (gs, ps) in enumerate(blocks):
+        if gs.start <= g_row < gs.stop and ps.start <= p_row < ps.stop:
+            return [blocks[i]] + blocks[:i] + blocks[i + 1:]
+    return blocks
 
 
 class _DISTTerms(torch.autograd.Function):
@@ -87,32 +101,45 @@ class _DISTTerms(torch.autograd.Function):
         device = student.device
         # float32 at least (half inputs), float64 kept for gradcheck.
         dtype = torch.promote_types(student.dtype, torch.float32)
+        blocks = split_blocks((g, c, p), block_elements(device, dtype))
+        total = float(g * p if weight is None else weight.double().sum())
+        ctx.activation, ctx.tau, ctx.dtype = activation, tau, dtype
+        ctx.empty = total <= 0
+        if ctx.empty:
+            ctx.save_for_backward(student)
+            zero = student.new_zeros((), dtype=dtype)
+            return zero, zero.clone()
+        if weight is not None:
+            blocks = _weighted_first(blocks, weight)
+        # The backward pass recomputes the teacher's activations over the
+        # same blocks, so they are bitwise the forward's.
+        ctx.blocks, ctx.total = blocks, total
+
         y_student = torch.empty((g, c, p), device=device, dtype=dtype)
         row_dot = torch.empty(g, p, device=device, dtype=dtype)
         row_norm_s = torch.empty_like(row_dot)
         row_norm_t = torch.empty_like(row_dot)
-        # Column sums of the values shifted by the first block's column mean
-        # (avoids cancellation in the variance), accumulated in float64.
+        # Column sums of the values shifted by the first block's column
+        # means (avoids cancellation in the variance), in float64.
         sums = torch.zeros(5, c, dtype=torch.float64, device=device)
         shift_s = shift_t = None
-        for gs, ps in _blocks(student.shape):
+        for gs, ps in blocks:
             ys = _activate(student[gs, :, ps], activation, tau, dtype)
             yt = _activate(teacher[gs, :, ps], activation, tau, dtype)
             y_student[gs, :, ps] = ys
             us = _centre_rows(ys, activation)
             ut = _centre_rows(yt, activation)
-            row_dot[gs, ps] = (us * ut).sum(dim=1)
-            row_norm_s[gs, ps] = torch.linalg.vector_norm(us, dim=1)
-            row_norm_t[gs, ps] = torch.linalg.vector_norm(ut, dim=1)
+            torch.linalg.vector_norm(us, dim=1, out=row_norm_s[gs, ps])
+            torch.linalg.vector_norm(ut, dim=1, out=row_norm_t[gs, ps])
+            torch.sum(us.mul_(ut), dim=1, out=row_dot[gs, ps])
+            del us, ut
+            w = None if weight is None else weight[gs, ps].unsqueeze(1)
             if shift_s is None:
-                shift_s = ys.mean(dim=(0, 2), keepdim=True)
-                shift_t = yt.mean(dim=(0, 2), keepdim=True)
+                shift_s = _column_means(ys, w)
+                shift_t = _column_means(yt, w)
             ds = ys.sub_(shift_s)  # ys is stored above; reuse its memory
             dt = yt.sub_(shift_t)
-            wds, wdt = ds, dt
-            if weight is not None:
-                w = weight[gs, ps].unsqueeze(1)
-                wds, wdt = ds * w, dt * w
+            wds, wdt = (ds, dt) if w is None else (ds * w, dt * w)
             sums += torch.stack([
                 _column_sums(wds),
                 _column_sums(wdt),
@@ -121,50 +148,46 @@ class _DISTTerms(torch.autograd.Function):
                 _column_sums(wds * dt),
             ]).double()
 
-        total = (weight.double().sum() if weight is not None else
-                 torch.tensor(float(g * p), dtype=torch.float64, device=device))
-        ctx.activation, ctx.tau, ctx.dtype = activation, tau, dtype
-        ctx.empty = bool(total <= 0)
-        if ctx.empty:
-            ctx.save_for_backward(student)
-            zero = student.new_zeros((), dtype=dtype)
-            return zero, zero.clone()
-
         # Inter-class: one Pearson correlation per row.
         denom = row_norm_s.clamp_min(eps) * row_norm_t.clamp_min(eps)
         row_rho = row_dot / denom
         if weight is None:
             inter = (1.0 - row_rho).mean()
         else:
-            inter = ((1.0 - row_rho) * weight).sum() / total.to(dtype)
+            inter = ((1.0 - row_rho) * weight).sum() / total
 
         # Intra-class: one Pearson correlation per column.
         sum_s, sum_t, sum_ss, sum_tt, sum_st = sums
         mean_s = shift_s.view(c).double() + sum_s / total
         mean_t = shift_t.view(c).double() + sum_t / total
-        var_s = (sum_ss - sum_s * sum_s / total).clamp_min(0)
-        var_t = (sum_tt - sum_t * sum_t / total).clamp_min(0)
-        cov = sum_st - sum_s * sum_t / total
-        norm_s = var_s.sqrt().clamp_min(eps)
-        norm_t = var_t.sqrt().clamp_min(eps)
-        col_rho = cov / (norm_s * norm_t)
+        spread_s = (sum_ss - sum_s * sum_s / total).clamp_min(0).sqrt()
+        spread_t = (sum_tt - sum_t * sum_t / total).clamp_min(0).sqrt()
+        norm_s = spread_s.clamp_min(eps)
+        norm_t = spread_t.clamp_min(eps)
+        col_rho = (sum_st - sum_s * sum_t / total) / (norm_s * norm_t)
         intra = (1.0 - col_rho).mean().to(dtype)
 
-        # d rho / d u_s = u_t / (|u_s| |u_t|) - rho * u_s / |u_s|^2, where the
-        # second part vanishes while |u_s| is clamped at eps.
+        # d rho / d u_s = u_t / (|u_s| |u_t|) - rho * u_s / |u_s|^2; the
+        # second part is the norm's, which passes no gradient while the norm
+        # is clamped at eps.
         row_a = 1.0 / denom
         row_b = torch.where(row_norm_s > eps,
                             row_rho / row_norm_s.clamp_min(eps).square(),
                             torch.zeros_like(row_rho))
         col_a = 1.0 / (norm_s * norm_t)
-        col_b = torch.where(var_s.sqrt() > eps, col_rho / norm_s.square(),
+        col_b = torch.where(spread_s > eps, col_rho / norm_s.square(),
                             torch.zeros_like(col_rho))
-        ctx.total = float(total)
+        # Backward centres the columns by the mean in two parts, hi + lo, so
+        # the centred values are as exact as float32 values can be. A column
+        # whose spread is clamped keeps only hi: its values equal the mean up
+        # to rounding, and lo times the huge col_a would be noise.
+        hi_s, hi_t = mean_s.to(dtype), mean_t.to(dtype)
+        lo_s = torch.where(spread_s > eps, mean_s - hi_s.double(), 0.0)
+        lo_t = torch.where(spread_t > eps, mean_t - hi_t.double(), 0.0)
         # Not save_for_backward: backward overwrites it with the gradient.
         ctx.y_student = y_student
-        ctx.save_for_backward(student, teacher, weight, row_a, row_b,
-                              mean_s.to(dtype), mean_t.to(dtype),
-                              col_a.to(dtype), col_b.to(dtype))
+        ctx.save_for_backward(student, teacher, weight, row_a, row_b, col_a,
+                              col_b, hi_s, hi_t, lo_s, lo_t)
         return inter, intra
 
     @staticmethod
@@ -172,44 +195,58 @@ class _DISTTerms(torch.autograd.Function):
         if ctx.empty:
             (student, ) = ctx.saved_tensors
             return torch.zeros_like(student), None, None, None, None, None
-        (student, teacher, weight, row_a, row_b, mean_s, mean_t, col_a,
-         col_b) = ctx.saved_tensors
+        (student, teacher, weight, row_a, row_b, col_a, col_b, hi_s, hi_t,
+         lo_s, lo_t) = ctx.saved_tensors
         activation, tau, dtype = ctx.activation, ctx.tau, ctx.dtype
+        g, c, p = student.shape
         # The first backward overwrites the kept activations with the
         # gradient; another one (retain_graph) recomputes them.
         kept, ctx.y_student = ctx.y_student, None
-        c = student.shape[1]
-        # Gradient of (inter, intra) w.r.t. Y_s, split into per-row and
-        # per-column coefficients of Y_t and Y_s:
+        in_place = kept is not None and student.dtype == dtype
+        grad = kept if in_place else torch.empty_like(student)
+        # Gradient w.r.t. Y_s of gi * inter + gc * intra, before the
+        # activation, with per-row (r) and per-column (c) coefficients and
+        # u the centred values (rows centred by row, columns by column):
         #   dY = -gi * w / W * (a_r * u_t - b_r * u_s)
-        #        -gc * w / C * (a_c * (y_t - m_t) - b_c * (y_s - m_s))
-        scale_inter = grad_inter.to(dtype) / ctx.total
-        scale_intra = grad_intra.to(dtype) / c
-        col_a = (-scale_intra * col_a).view(1, c, 1)
-        col_b = (scale_intra * col_b).view(1, c, 1)
-        col_const = -(col_a * mean_t.view(1, c, 1) +
-                      col_b * mean_s.view(1, c, 1))
-        grad = (kept if kept is not None and student.dtype == dtype else
-                torch.empty_like(student))
-        for gs, ps in _blocks(student.shape):
+        #        -gc * w / C * (a_c * u_t - b_c * u_s)
+        # 1 / tau (the activation's inner derivative) is folded in too.
+        scale_inter = grad_inter.to(dtype) / (ctx.total * tau)
+        scale_intra = grad_intra.double() / (c * tau)
+        col_a = -scale_intra * col_a
+        col_b = scale_intra * col_b
+        const = (-(col_a * lo_t + col_b * lo_s)).to(dtype).view(1, c, 1)
+        col_a = col_a.to(dtype).view(1, c, 1)
+        col_b = col_b.to(dtype).view(1, c, 1)
+        hi_s, hi_t = hi_s.view(1, c, 1), hi_t.view(1, c, 1)
+        row_a = (-scale_inter * row_a)
+        row_b = (scale_inter * row_b)
+        if weight is not None:
+            row_a, row_b = row_a * weight, row_b * weight
+            weight = weight.view(g, 1, p)
+        row_a, row_b = row_a.view(g, 1, p), row_b.view(g, 1, p)
+        for gs, ps in ctx.blocks:
             ys = (kept[gs, :, ps] if kept is not None else _activate(
                 student[gs, :, ps], activation, tau, dtype))
             yt = _activate(teacher[gs, :, ps], activation, tau, dtype)
-            ra = (-scale_inter * row_a[gs, ps]).unsqueeze(1)
-            rb = (scale_inter * row_b[gs, ps]).unsqueeze(1)
-            dy = torch.addcmul(col_const, yt, col_a)
-            dy.addcmul_(ys, col_b)
-            dy.addcmul_(_centre_rows(yt, activation), ra)
-            dy.addcmul_(_centre_rows(ys, activation), rb)
+            dy = torch.addcmul(const, yt - hi_t, col_a)
+            dy.addcmul_(ys - hi_s, col_b)
             if weight is not None:
-                dy.mul_(weight[gs, ps].unsqueeze(1))
+                dy.mul_(weight[gs, :, ps])
+            dy.addcmul_(_centre_rows(yt, activation), row_a[gs, :, ps])
+            del yt
+            dy.addcmul_(_centre_rows(ys, activation), row_b[gs, :, ps])
+            # Through the activation, into ys's storage when it is the
+            # gradient's.
             if activation == 'softmax':
-                dy.sub_((dy * ys).sum(dim=1, keepdim=True)).mul_(ys)
+                dy.sub_((dy * ys).sum(dim=1, keepdim=True))
+                local = ys
             else:
-                dy.mul_(ys * (1.0 - ys))
-            if tau != 1.0:
-                dy.div_(tau)
-            grad[gs, :, ps] = dy
+                local = 1.0 - ys
+                local = ys.mul_(local) if in_place else local.mul_(ys)
+            if in_place:
+                local.mul_(dy)
+            else:
+                grad[gs, :, ps] = dy.mul_(local)
         return grad, None, None, None, None, None
 
 
@@ -243,6 +280,8 @@ def dist_terms(student: Tensor,
     if activation not in _ACTIVATIONS:
         raise ValueError(f'activation must be one of {_ACTIVATIONS}, '
                          f'got {activation!r}')
+    tau = check_number('dist_terms', 'tau', tau, positive=True)
+    eps = check_number('dist_terms', 'eps', eps, positive=True)
     rows_s, anchors = as_rows(student, num_classes)
     rows_t, _ = as_rows(teacher.detach(), num_classes)
     rows_w = None
@@ -250,8 +289,7 @@ def dist_terms(student: Tensor,
         rows_w = weight_as_rows(weight, student.shape, rows_s, anchors)
         if bool((rows_w < 0).any()):
             raise ValueError('weight must be non-negative')
-    return _DISTTerms.apply(rows_s, rows_t, rows_w, activation, float(tau),
-                            float(eps))
+    return _DISTTerms.apply(rows_s, rows_t, rows_w, activation, tau, eps)
 
 
 @MODELS.register_module()
@@ -283,15 +321,14 @@ class DISTLoss(nn.Module):
         if activation not in _ACTIVATIONS:
             raise ValueError(f'DISTLoss activation must be one of '
                              f'{_ACTIVATIONS}, got {activation!r}')
-        if tau <= 0:
-            raise ValueError(f'DISTLoss tau must be positive, got {tau}')
-        self.beta = beta
-        self.gamma = gamma
-        self.tau = tau
-        self.loss_weight = loss_weight
+        self.beta = check_number('DISTLoss', 'beta', beta)
+        self.gamma = check_number('DISTLoss', 'gamma', gamma)
+        self.tau = check_number('DISTLoss', 'tau', tau, positive=True)
+        self.loss_weight = check_number('DISTLoss', 'loss_weight',
+                                        loss_weight)
         self.activation = activation
         self.num_classes = num_classes
-        self.eps = eps
+        self.eps = check_number('DISTLoss', 'eps', eps, positive=True)
 
     def forward(
         self,

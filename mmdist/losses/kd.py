@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmdist.registry import MODELS
-from .rows import as_rows, check_pair, weight_as_rows
+from .rows import as_rows, check_number, check_pair, weight_as_rows
 
 _ACTIVATIONS = ('softmax', 'sigmoid')
 
@@ -43,6 +43,7 @@ def kd_divergence(student: Tensor,
     if activation not in _ACTIVATIONS:
         raise ValueError(f'activation must be one of {_ACTIVATIONS}, '
                          f'got {activation!r}')
+    tau = check_number('kd_divergence', 'tau', tau, positive=True)
     rows_s, anchors = as_rows(student, num_classes)
     rows_t, _ = as_rows(teacher.detach(), num_classes)
     dtype = torch.promote_types(rows_s.dtype, torch.float32)
@@ -89,10 +90,8 @@ class KDLoss(nn.Module):
         if activation not in _ACTIVATIONS:
             raise ValueError(f'KDLoss activation must be one of '
                              f'{_ACTIVATIONS}, got {activation!r}')
-        if tau <= 0:
-            raise ValueError(f'KDLoss tau must be positive, got {tau}')
-        self.tau = tau
-        self.loss_weight = loss_weight
+        self.tau = check_number('KDLoss', 'tau', tau, positive=True)
+        self.loss_weight = check_number('KDLoss', 'loss_weight', loss_weight)
         self.activation = activation
         self.num_classes = num_classes
 

@@ -12,6 +12,7 @@ the layouts the tasks produce:
   ``A`` blocks of ``C`` classes (channel ``a*C + c``), so every
   (image, anchor, position) is a row -> ``(N*A, C, prod(spatial))``.
 """
+import math
 from typing import Optional, Tuple
 
 import torch
@@ -83,3 +84,31 @@ def check_pair(student: Tensor, teacher: Tensor) -> None:
         raise ValueError('student and teacher logits must have the same '
                          f'shape, got student {tuple(student.shape)} and '
                          f'teacher {tuple(teacher.shape)}')
+
+
+def check_number(owner: str, name: str, value: float,
+                 positive: bool = False) -> float:
+    """Check a hyper-parameter of a loss at construction.
+
+    Args:
+        owner (str): Name of the loss, for the message.
+        name (str): Name of the parameter, for the message.
+        value (float): The value given.
+        positive (bool): Reject zero too (temperatures, eps).
+
+    Returns:
+        float: ``value`` as a float.
+
+    Raises:
+        ValueError: Naming ``owner``, ``name`` and ``value`` unless it is a
+            finite number ``>= 0`` (``> 0`` with ``positive``).
+    """
+    kind = 'positive' if positive else 'non-negative'
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number) or number < 0 or (positive and number == 0):
+        raise ValueError(f'{owner} {name} must be a finite {kind} number, '
+                         f'got {value!r}')
+    return number
