@@ -1,5 +1,4 @@
 """Shared helpers: shipped configs loaded offline, models, small batches."""
-import copy
 import os
 import subprocess
 import sys
@@ -8,10 +7,11 @@ from pathlib import Path
 import torch
 from mmengine.config import Config
 from mmengine.optim import OptimWrapper
-from mmengine.registry import MODELS, init_default_scope
+from mmengine.registry import init_default_scope
 
 import mmdist  # noqa: F401
 from mmdist.testing import strip_pretrained
+from mmdist.utils import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / 'configs'
@@ -33,7 +33,7 @@ def load_offline(rel_path: str) -> Config:
 
 def build(cfg: Config):
     init_default_scope(cfg.get('default_scope', 'mmdet'))
-    model = MODELS.build(copy.deepcopy(cfg.model))
+    model = build_model(cfg)
     model.init_weights()
     return model
 

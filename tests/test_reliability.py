@@ -38,14 +38,42 @@ def test_nonfinite_teacher_output_never_reaches_the_student():
         assert float(log_vars['loss_dist']) == 0.0
         assert torch.isfinite(log_vars['loss'])
         assert all(torch.isfinite(p).all() for p in model.parameters())
-        assert model.nonfinite_in_a_row == step + 1
+        assert model.terms[0].nonfinite_in_a_row == step + 1
     with pytest.raises(FloatingPointError, match='3 steps in a row'):
         train_step(model, det_batch())
     # A finite step resets the count.
     poison.remove()
-    model.nonfinite_in_a_row = 0
+    model.terms[0].nonfinite_in_a_row = 0
     log_vars = train_step(model, det_batch())
-    assert float(log_vars['loss_dist']) > 0 and model.nonfinite_total == 3
+    assert float(log_vars['loss_dist']) > 0
+    assert model.terms[0].nonfinite_total == 3
+
+
+def small_pspnet_pair():
+    """The shipped PSPNet pair (decode + auxiliary terms), R18 teacher."""
+    cfg = load_offline(
+        'mmseg/deeplabv3_r101-d8_to_pspnet_r18-d8_4xb2-80k_cityscapes-'
+        '512x1024_dist.py')
+    cfg.model.teacher = copy.deepcopy(cfg.model.student)
+    return cfg
+
+
+def test_nonfinite_guard_counts_each_term():
+    """A healthy decode term must not reset the count of a broken
+    auxiliary term: the run stops after max_nonfinite_steps."""
+    cfg = small_pspnet_pair()
+    cfg.model.max_nonfinite_steps = 2
+    model = build(cfg)
+    model.teacher.auxiliary_head.conv_seg.register_forward_hook(
+        lambda m, i, out: out * float('nan'), prepend=True)
+    for step in range(2):
+        log_vars = train_step(model, seg_batch())
+        assert float(log_vars['loss_dist']) > 0
+        assert float(log_vars['loss_dist_aux']) == 0
+        assert [t.nonfinite_in_a_row for t in model.terms] == [0, step + 1]
+    with pytest.raises(FloatingPointError,
+                       match=r"3 steps in a row \(term 'dist_aux'\)"):
+        train_step(model, seg_batch())
 
 
 # ------------------------------------------------------ degenerate batches
@@ -136,3 +164,12 @@ def test_classifier_step_with_batch_statistics_of_two():
     model = build(load_offline(R34))
     log_vars = train_step(model, cls_batch(1000, batch=2))
     assert torch.isfinite(log_vars['loss_dist'])
+
+
+def test_amp_on_a_cpu_fails_before_building_anything(tmp_path):
+    with pytest.raises(AssertionError,
+                       match='AmpOptimizerWrapper is only available '
+                       'training on gpu'):
+        run_tool('train.py', 'configs/demo/det_student_dist.py', '--amp',
+                 '--work-dir', tmp_path / 'work', timeout=120)
+    assert not list((tmp_path / 'work').glob('*/*.log'))

@@ -163,7 +163,7 @@ def run_task(task: str, args) -> dict:
                            args.iters, teacher_ckpt)
     loader = Runner.build_dataloader(dist_cfg.val_dataloader)
     for variant in ('student', 'kd', 'dist'):
-        model = build_distiller_with_student(dist_cfg.model,
+        model = build_distiller_with_student(dist_cfg,
                                              results[variant]['checkpoint'])
         stats = measure_discrepancy(model, loader)
         main_term = next(iter(stats.values()))

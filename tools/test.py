@@ -1,7 +1,11 @@
 """Evaluate a checkpoint with the config's test loop and evaluator.
 
-For a distillation config this evaluates the student (the distiller's
-predict mode runs the student alone).
+For a distillation config this evaluates the student, built as the stock
+model of the student's own config (the teacher is neither built nor needed);
+CHECKPOINT may be a distillation checkpoint (``student.*`` weights) or a
+plain student checkpoint. With ``--teacher`` it evaluates the teacher the
+distiller uses, fed the student's batch renormalised for it, with the
+config's evaluator; CHECKPOINT then overrides ``teacher_ckpt``.
 """
 import argparse
 import os
@@ -14,12 +18,21 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from mmdist.engine import cpu_launch_config
+from mmdist.utils import is_distiller, resolve_teacher_paths, student_config
+from mmdist.utils.student import load_student_weights
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Test (evaluate) a model')
     parser.add_argument('config', help='test config file path')
-    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument(
+        'checkpoint', nargs='?',
+        help='checkpoint file (optional with --teacher: the config\'s '
+        'teacher_ckpt is used)')
+    parser.add_argument(
+        '--teacher', action='store_true',
+        help='evaluate the teacher of a distillation config, as the '
+        'distiller runs it')
     parser.add_argument('--work-dir', help='directory for the evaluation log')
     parser.add_argument(
         '--out', help='dump predictions to this pickle file')
@@ -46,7 +59,24 @@ def main() -> None:
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs',
                                 osp.splitext(osp.basename(args.config))[0])
-    cfg.load_from = args.checkpoint
+    resolve_teacher_paths(cfg, args.config)
+    student_checkpoint = None
+    if args.teacher:
+        if not is_distiller(cfg.model):
+            raise SystemExit('--teacher needs a distillation config')
+        cfg.model.predict_with = 'teacher'
+        if args.checkpoint is not None:
+            cfg.model.teacher_ckpt = args.checkpoint
+        cfg.load_from = None
+    elif args.checkpoint is None:
+        raise SystemExit('a checkpoint is needed (or --teacher)')
+    elif is_distiller(cfg.model):
+        # The stock student model: no teacher to build or download.
+        cfg = student_config(cfg)
+        cfg.load_from = None
+        student_checkpoint = args.checkpoint
+    else:
+        cfg.load_from = args.checkpoint
     if args.out is not None:
         if not args.out.endswith(('.pkl', '.pickle')):
             raise ValueError('--out must be a .pkl or .pickle file')
@@ -59,6 +89,8 @@ def main() -> None:
 
     runner = (Runner.from_cfg(cfg)
               if 'runner_type' not in cfg else RUNNERS.build(cfg))
+    if student_checkpoint is not None:
+        load_student_weights(runner.model, student_checkpoint)
     try:
         runner.test()
     finally:

@@ -7,12 +7,14 @@ import os
 import os.path as osp
 
 import mmdist  # noqa: F401  (registers mmdist, safe checkpoint loading)
+import torch
 import torch.distributed as dist
 from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from mmdist.engine import cpu_launch_config
+from mmdist.utils import resolve_teacher_paths
 from mmdist.utils.workdir import check_work_dir
 
 
@@ -47,6 +49,7 @@ def main() -> None:
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
+    resolve_teacher_paths(cfg, args.config)
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir') is None:
@@ -54,6 +57,11 @@ def main() -> None:
                                 osp.splitext(osp.basename(args.config))[0])
     check_work_dir(cfg.work_dir)
     if args.amp:
+        if not torch.cuda.is_available():
+            # MMEngine would fail later, inside the Runner, with the same
+            # sentence; say it before building anything.
+            raise SystemExit('--amp: AmpOptimizerWrapper is only available '
+                             'training on gpu (no CUDA device found)')
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
     if args.auto_scale_lr:

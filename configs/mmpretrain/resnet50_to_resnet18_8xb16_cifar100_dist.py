@@ -16,3 +16,8 @@ model = dict(
             teacher_module='head.fc',
             loss=dict(type='mmdist.DISTLoss', beta=2.0, gamma=2.0, tau=4.0))
     ])
+
+# Smooth the logged DIST parts and the teacher's accuracy over the logging
+# window like the losses, so that <name>_inter + <name>_intra = loss_<name>.
+log_processor = dict(
+    mean_pattern=r'.*(loss|time|data_time|grad_norm|_inter|_intra|teacher_acc).*')

@@ -22,3 +22,8 @@ model = dict(
             name='dist_aux',
             loss=dict(type='mmdist.DISTLoss', beta=1.0, gamma=1.0, tau=1.0, loss_weight=0.4))
     ])
+
+# Smooth the logged DIST parts and the teacher's accuracy over the logging
+# window like the losses, so that <name>_inter + <name>_intra = loss_<name>.
+log_processor = dict(
+    mean_pattern=r'.*(loss|time|data_time|grad_norm|_inter|_intra|teacher_acc).*')

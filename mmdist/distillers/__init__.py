@@ -1,8 +1,10 @@
 from .adapters import HeadsForward, RoIBoxForward
 from .distiller import DistillTerm, Distiller
-from .teacher import InputRenormaliser, build_frozen_teacher
+from .pixels import InputRenormaliser, pixel_map
+from .teacher import build_frozen_teacher, load_teacher_config
 
 __all__ = [
     'Distiller', 'DistillTerm', 'HeadsForward', 'RoIBoxForward',
-    'InputRenormaliser', 'build_frozen_teacher'
+    'InputRenormaliser', 'pixel_map', 'build_frozen_teacher',
+    'load_teacher_config'
 ]

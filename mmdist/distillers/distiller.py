@@ -1,10 +1,10 @@
 """One distiller for detection, segmentation and classification."""
 import contextlib
+import copy
 import logging
 from typing import Dict, List, Optional, Sequence, Union
 
 import torch
-import torch.nn.functional as F
 from mmengine.logging import print_log
 from mmengine.model import BaseModel
 from torch import Tensor, nn
@@ -12,85 +12,11 @@ from torch import Tensor, nn
 from mmdist.registry import MODELS
 from mmdist.utils import get_module
 from .adapters import HeadsForward, RoIBoxForward
+from .pixels import InputRenormaliser
 from .recorder import Recorder
-from .teacher import InputRenormaliser, build_frozen_teacher
-
-_LOSS_NAMES = {'DISTLoss': 'dist', 'KDLoss': 'kd'}
-
-
-class DistillTerm(nn.Module):
-    """One distillation term: a student module, a teacher module, a loss.
-
-    Args:
-        student_module (str): Dotted path in the student
-            (``bbox_head.retina_cls``, ``roi_head.bbox_head.fc_cls``,
-            ``decode_head.conv_seg``, ``head.fc``).
-        teacher_module (str): Dotted path in the teacher.
-        loss (dict): Loss config, e.g. ``dict(type='mmdist.DISTLoss')``.
-        name (str, optional): Log name; the loss is logged as
-            ``loss_<name>`` and its parts as ``<name>_<part>``. Defaults to
-            ``dist`` for DISTLoss and ``kd`` for KDLoss.
-        resize_teacher (bool): Resize the teacher's ``(N, C, H, W)`` logits
-            bilinearly to the student's size when they differ (e.g. a
-            SegFormer teacher at 1/4 and a dilated ResNet student at 1/8).
-            Otherwise a size mismatch is an error. Defaults to False.
-        ignore_index (int, optional): Drop the rows whose ground-truth
-            semantic label, resized (nearest) to the logits' size, equals
-            this value (segmentation only). Defaults to None (keep all rows,
-            as the paper did).
-    """
-
-    def __init__(self,
-                 student_module: str,
-                 teacher_module: str,
-                 loss: dict,
-                 name: Optional[str] = None,
-                 resize_teacher: bool = False,
-                 ignore_index: Optional[int] = None) -> None:
-        super().__init__()
-        self.student_module = student_module
-        self.teacher_module = teacher_module
-        self.loss = MODELS.build(loss)
-        self.name = name or _LOSS_NAMES.get(
-            type(self.loss).__name__,
-            type(self.loss).__name__.lower())
-        self.resize_teacher = resize_teacher
-        self.ignore_index = ignore_index
-        self.student_outputs: Optional[Recorder] = None
-        self.teacher_outputs: Optional[Recorder] = None
-
-    def align_teacher(self, student: Tensor, teacher: Tensor) -> Tensor:
-        """Return teacher logits shaped like the student's, or raise."""
-        if student.shape == teacher.shape:
-            return teacher
-        same_rows_cols = (
-            student.dim() == teacher.dim() == 4
-            and student.shape[:2] == teacher.shape[:2])
-        if self.resize_teacher and same_rows_cols:
-            return F.interpolate(
-                teacher.float(), size=student.shape[2:], mode='bilinear',
-                align_corners=False)
-        hint = (' Set resize_teacher=True on this term to resize the '
-                'teacher bilinearly.' if same_rows_cols else '')
-        raise ValueError(
-            f'distillation term {self.name!r}: student {self.student_module} '
-            f'gives {tuple(student.shape)} but teacher {self.teacher_module} '
-            f'gives {tuple(teacher.shape)}.{hint}')
-
-    def row_weight(self, logits: Tensor,
-                   data_samples: Optional[list]) -> Optional[Tensor]:
-        """0/1 weight per pixel dropping ``ignore_index`` labels, or None."""
-        if self.ignore_index is None:
-            return None
-        if not data_samples or not hasattr(data_samples[0], 'gt_sem_seg'):
-            raise ValueError(
-                f'distillation term {self.name!r} has ignore_index set, but '
-                'the data samples carry no gt_sem_seg')
-        labels = torch.stack(
-            [s.gt_sem_seg.data for s in data_samples]).to(logits.device)
-        labels = F.interpolate(
-            labels.float(), size=logits.shape[2:], mode='nearest')
-        return (labels[:, 0] != self.ignore_index).float()
+from .teacher import build_frozen_teacher
+from .teacher_check import TeacherCheck
+from .terms import DistillTerm
 
 
 @MODELS.register_module()
@@ -108,7 +34,16 @@ class Distiller(BaseModel):
     recorded by forward hooks), then the teacher runs the minimal forward its
     distilled heads need (see :mod:`mmdist.distillers.adapters`) without
     autograd, on the same batch renormalised for it if its preprocessor
-    differs. ``predict`` and ``tensor`` modes run the student alone.
+    differs. ``predict`` and ``tensor`` modes run the student alone (or the
+    teacher alone, fed the renormalised batch, with
+    ``predict_with='teacher'``: how ``tools/test.py --teacher`` evaluates
+    the teacher the distiller actually uses).
+
+    Both models normalise their input as their own configs declare, wherever
+    the packages put it: the student gets the ``data_preprocessor`` the
+    Runner hands the distiller (the config's top-level one, as the Runner
+    would give the student) unless its own dict has one; the teacher gets
+    its own config's (see :func:`~mmdist.distillers.load_teacher_config`).
 
     Args:
         student (dict): The student's model dict (e.g. ``{{_base_.model}}``).
@@ -119,9 +54,18 @@ class Distiller(BaseModel):
         teacher_autocast (str, optional): ``'fp16'`` or ``'bf16'`` to run the
             teacher under autocast on GPUs; losses stay in float32.
         max_nonfinite_steps (int): Steps in a row with a non-finite teacher
-            output tolerated (the term is skipped for that step) before
-            training stops with an error. Defaults to 10.
-        data_preprocessor: Ignored; the student's preprocessor is used.
+            output tolerated per term (the term is skipped for that step)
+            before training stops with an error. Defaults to 10.
+        teacher_check_iters (int): For this many first training steps, log
+            the teacher's accuracy on the training batch (``teacher_acc``)
+            and warn if it is near chance (classification and segmentation;
+            see :mod:`~mmdist.distillers.teacher_check`). 0 turns it off.
+            Defaults to 50.
+        predict_with (str): ``'student'`` (default) or ``'teacher'``: the
+            model that ``predict``/``tensor`` modes run.
+        data_preprocessor (dict, optional): The config's top-level
+            preprocessor, handed over by the Runner; the student's when its
+            own dict has none.
         init_cfg (dict, optional): Unused; the student initialises itself.
     """
 
@@ -132,26 +76,38 @@ class Distiller(BaseModel):
                  teacher_ckpt: Optional[str] = None,
                  teacher_autocast: Optional[str] = None,
                  max_nonfinite_steps: int = 10,
+                 teacher_check_iters: int = 50,
+                 predict_with: str = 'student',
                  data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None) -> None:
+        student = copy.deepcopy(dict(student))
+        if student.get('data_preprocessor') is None and data_preprocessor:
+            # What MMEngine's Runner does for the model it builds.
+            student['data_preprocessor'] = copy.deepcopy(data_preprocessor)
         student_model = MODELS.build(student)
         super().__init__(
             data_preprocessor=student_model.data_preprocessor,
             init_cfg=init_cfg)
         self.student = student_model
-        frozen = build_frozen_teacher(teacher, teacher_ckpt)
+        frozen = build_frozen_teacher(teacher, teacher_ckpt,
+                                      data_preprocessor)
         # Plain attribute, not a submodule: keeps the teacher out of
         # state_dict, parameters(), the optimizer and DDP.
         object.__setattr__(self, 'teacher', frozen)
         self.renormalise = InputRenormaliser(self.student.data_preprocessor,
                                              frozen.data_preprocessor)
+        print_log(f'teacher input: {self.renormalise.describe()}',
+                  logger='current')
         if teacher_autocast not in (None, 'fp16', 'bf16'):
             raise ValueError("teacher_autocast must be None, 'fp16' or "
                              f"'bf16', got {teacher_autocast!r}")
+        if predict_with not in ('student', 'teacher'):
+            raise ValueError("predict_with must be 'student' or 'teacher', "
+                             f'got {predict_with!r}')
         self.teacher_autocast = teacher_autocast
+        self.predict_with = predict_with
         self.max_nonfinite_steps = max_nonfinite_steps
-        self.nonfinite_in_a_row = 0
-        self.nonfinite_total = 0
+        self.teacher_check = TeacherCheck(teacher_check_iters)
 
         if not distill_terms:
             raise ValueError('Distiller needs at least one distill term')
@@ -208,10 +164,16 @@ class Distiller(BaseModel):
                 inputs: Tensor,
                 data_samples: Optional[list] = None,
                 mode: str = 'tensor'):
-        """``loss``: student losses + distillation; otherwise the student's
-        own ``predict``/``tensor`` forward."""
+        """``loss``: student losses + distillation; otherwise the
+        ``predict``/``tensor`` forward of the student (or of the teacher on
+        its renormalised input, with ``predict_with='teacher'``)."""
         if mode == 'loss':
             return self.loss(inputs, data_samples)
+        if self.predict_with == 'teacher':
+            with torch.no_grad():
+                return self.teacher(
+                    self.renormalise(inputs, data_samples), data_samples,
+                    mode)
         return self.student(inputs, data_samples, mode)
 
     @contextlib.contextmanager
@@ -240,15 +202,33 @@ class Distiller(BaseModel):
 
         Returns:
             dict[str, Tensor]: The student's losses, ``loss_<name>`` per term
-            (summed over the calls of its module, e.g. FPN levels) and the
-            logged parts ``<name>_inter`` / ``<name>_intra`` for DIST.
+            (summed over the calls of its module, e.g. FPN levels), the
+            logged parts ``<name>_inter`` / ``<name>_intra`` for DIST and,
+            for the first ``teacher_check_iters`` steps, ``teacher_acc``.
         """
         with self._recording():
             losses = self.student.loss(inputs, data_samples)
             self._run_teacher(inputs, data_samples)
+            if self.training and self.teacher_check.active:
+                losses.update(self._check_teacher(data_samples))
             for term in self.terms:
                 losses.update(self._term_losses(term, data_samples))
         return losses
+
+    def _check_teacher(self,
+                       data_samples: Optional[list]) -> Dict[str, Tensor]:
+        """Teacher accuracy on this batch, from the first term's teacher
+        logits (a name without ``loss``: logged, never backpropagated)."""
+        term = self.terms[0]
+        records = term.teacher_outputs.records
+        if not records:
+            return {}
+        ignore = 255 if term.ignore_index is None else term.ignore_index
+        accuracy = self.teacher_check.update(records[0], data_samples,
+                                             ignore)
+        if accuracy is None:
+            return {}
+        return {'teacher_acc': records[0].new_tensor(accuracy).float()}
 
     def _term_losses(self, term: DistillTerm,
                      data_samples: Optional[list]) -> Dict[str, Tensor]:
@@ -267,7 +247,7 @@ class Distiller(BaseModel):
         ]
         if not all(bool(torch.isfinite(t).all()) for t in aligned):
             return self._skip_nonfinite(term, student_outs)
-        self.nonfinite_in_a_row = 0
+        term.nonfinite_in_a_row = 0
         total = 0.
         parts: Dict[str, Tensor] = {}
         for student, teacher in zip(student_outs, aligned):
@@ -286,17 +266,18 @@ class Distiller(BaseModel):
         """Policy for a non-finite teacher output: skip the term this step
         (it never reaches the student's gradients), count it, and stop
         after ``max_nonfinite_steps`` such steps in a row."""
-        self.nonfinite_in_a_row += 1
-        self.nonfinite_total += 1
-        if self.nonfinite_in_a_row > self.max_nonfinite_steps:
+        term.nonfinite_in_a_row += 1
+        term.nonfinite_total += 1
+        if term.nonfinite_in_a_row > self.max_nonfinite_steps:
             raise FloatingPointError(
                 f'teacher {term.teacher_module} produced non-finite outputs '
-                f'in {self.nonfinite_in_a_row} steps in a row; stopping '
-                '(check the teacher checkpoint and teacher_autocast)')
+                f'in {term.nonfinite_in_a_row} steps in a row (term '
+                f'{term.name!r}); stopping (check the teacher checkpoint and '
+                'teacher_autocast)')
         print_log(
             f'teacher {term.teacher_module} output is not finite: skipping '
-            f'{term.name!r} this step ({self.nonfinite_in_a_row} in a row, '
-            f'{self.nonfinite_total} in total)',
+            f'{term.name!r} this step ({term.nonfinite_in_a_row} in a row, '
+            f'{term.nonfinite_total} in total)',
             logger='current',
             level=logging.WARNING)
         zero = student_outs[0].new_zeros((), dtype=torch.float32)

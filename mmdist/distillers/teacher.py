@@ -1,42 +1,61 @@
 """Build, load and freeze the teacher; give it the input normalisation it was
 trained with."""
+import copy
 import logging
 import os
 import os.path as osp
 from typing import Optional, Union
 
-import torch
 from mmengine.config import Config, ConfigDict
 from mmengine.logging import print_log
 from mmengine.model import revert_sync_batchnorm
 from mmengine.registry import DefaultScope
 from mmengine.runner.checkpoint import load_checkpoint
-from torch import Tensor, nn
+from torch import nn
 
 from mmdist.registry import MODELS
 
 
-def load_teacher_config(teacher: Union[str, dict]) -> ConfigDict:
-    """Return the teacher's model dict, with ``_scope_`` set from its config.
+def load_teacher_config(teacher: Union[str, dict],
+                        default_preprocessor: Optional[dict] = None
+                        ) -> ConfigDict:
+    """Return the teacher's model dict as its own config's Runner builds it.
+
+    MMPretrain (and some user configs) declare the input normalisation at
+    the top level (``data_preprocessor = dict(mean=..., std=...)``) and
+    leave it out of ``model``; MMEngine's Runner merges it into the model.
+    The same is done here, so the teacher normalises as it was trained.
 
     Args:
         teacher (str | dict): A model dict, or a config path: ``mmdet::...``,
             ``mmseg::...``, ``mmpretrain::...``, ``mmdist::...`` or a file
-            path (relative paths resolve from the working directory).
+            path. Relative file paths resolve from the working directory;
+            the tools resolve them from the distillation config's folder
+            first (see :func:`mmdist.utils.config.resolve_teacher_paths`).
+        default_preprocessor (dict, optional): Used when the teacher is a
+            model dict without ``data_preprocessor`` (a dict written in the
+            distillation config shares that config's top-level one).
 
     Returns:
-        ConfigDict: The teacher's model dict.
+        ConfigDict: The teacher's model dict, with ``_scope_`` set from its
+        config's ``default_scope``.
     """
     if isinstance(teacher, dict):
-        return ConfigDict(teacher)
+        model = ConfigDict(copy.deepcopy(teacher))
+        if model.get('data_preprocessor') is None and default_preprocessor:
+            model['data_preprocessor'] = copy.deepcopy(default_preprocessor)
+        return model
     if not isinstance(teacher, str):
         raise TypeError('teacher must be a model dict or a config path, got '
                         f'{type(teacher).__name__}')
     if '::' not in teacher and not osp.isfile(teacher):
         raise FileNotFoundError(
-            f'teacher config {teacher!r} does not exist (relative paths '
-            f'resolve from the working directory {os.getcwd()}; package '
-            'configs are written like mmdet::retinanet/<name>.py)')
+            f'teacher config {teacher!r} does not exist (a relative path '
+            f'resolves from the working directory {os.getcwd()} unless '
+            "mmdist's tools/train.py or tools/test.py resolve it from the "
+            "config's folder; write teacher='{{ fileDirname }}/<file>.py' "
+            'to make it relative to the config file wherever it runs; '
+            'package configs are written like mmdet::retinanet/<name>.py)')
     try:
         path = teacher
         if '::' in teacher:
@@ -50,13 +69,18 @@ def load_teacher_config(teacher: Union[str, dict]) -> ConfigDict:
     if 'model' not in cfg:
         raise KeyError(f'teacher config {teacher!r} defines no model')
     model = ConfigDict(cfg.model)
+    if model.get('data_preprocessor') is None and cfg.get(
+            'data_preprocessor') is not None:
+        model['data_preprocessor'] = ConfigDict(cfg.data_preprocessor)
     if cfg.get('default_scope') and '_scope_' not in model:
         model['_scope_'] = cfg.default_scope
     return model
 
 
 def build_frozen_teacher(teacher: Union[str, dict],
-                         checkpoint: Optional[str]) -> nn.Module:
+                         checkpoint: Optional[str],
+                         default_preprocessor: Optional[dict] = None
+                         ) -> nn.Module:
     """Build the teacher, load its checkpoint and freeze it in eval mode.
 
     The checkpoint overrides every weight, so the teacher's own pretrained
@@ -68,11 +92,13 @@ def build_frozen_teacher(teacher: Union[str, dict],
         checkpoint (str, optional): Local path or URL of the teacher's
             weights. ``None`` leaves the teacher randomly initialised (tests
             and demos only) and warns loudly.
+        default_preprocessor (dict, optional): See
+            :func:`load_teacher_config`.
 
     Returns:
         nn.Module: The frozen teacher, in eval mode.
     """
-    model_cfg = load_teacher_config(teacher)
+    model_cfg = load_teacher_config(teacher, default_preprocessor)
     scope = model_cfg.pop('_scope_', None)
     with DefaultScope.overwrite_default_scope(scope):
         model = MODELS.build(model_cfg)
@@ -97,73 +123,3 @@ def build_frozen_teacher(teacher: Union[str, dict],
         param.requires_grad_(False)
     model.eval()
     return model
-
-
-def _normalisation(preprocessor: nn.Module):
-    """(mean, std, channel flip, pad value) of an OpenMMLab preprocessor."""
-    enabled = getattr(preprocessor, '_enable_normalize', False)
-    mean = preprocessor.mean.flatten() if enabled else None
-    std = preprocessor.std.flatten() if enabled else None
-    flip = bool(
-        getattr(preprocessor, '_channel_conversion',
-                getattr(preprocessor, 'channel_conversion', False)))
-    pad = getattr(preprocessor, 'pad_value', getattr(preprocessor, 'pad_val',
-                                                     0))
-    return mean, std, flip, pad
-
-
-class InputRenormaliser:
-    """Turn the student's normalised batch into the teacher's.
-
-    Student and teacher see the same augmented batch; when their data
-    preprocessors normalise differently (caffe vs pytorch mean/std, BGR vs
-    RGB) the student's input is mapped back to pixels and normalised as the
-    teacher's preprocessor would have done. Padding is set to the teacher's
-    pad value using each sample's ``img_shape``.
-
-    Args:
-        student_preprocessor (nn.Module): The student's data preprocessor.
-        teacher_preprocessor (nn.Module): The teacher's data preprocessor.
-    """
-
-    def __init__(self, student_preprocessor: nn.Module,
-                 teacher_preprocessor: nn.Module) -> None:
-        self.student = _normalisation(student_preprocessor)
-        self.teacher = _normalisation(teacher_preprocessor)
-        self.needed = not self._same(self.student, self.teacher)
-
-    @staticmethod
-    def _same(a, b) -> bool:
-
-        def equal(x, y):
-            if x is None or y is None:
-                return x is None and y is None
-            return x.shape == y.shape and bool(torch.allclose(x, y))
-
-        return equal(a[0], b[0]) and equal(a[1], b[1]) and a[2] == b[2]
-
-    def __call__(self, inputs: Tensor, data_samples=None) -> Tensor:
-        """Return the teacher's input for a student batch ``(N, 3, H, W)``."""
-        if not self.needed or not isinstance(inputs, Tensor):
-            return inputs
-        s_mean, s_std, s_flip, _ = self.student
-        t_mean, t_std, t_flip, t_pad = self.teacher
-
-        def channel(v):
-            return v.to(inputs.device, inputs.dtype).view(1, -1, 1, 1)
-
-        pixels = inputs
-        if s_mean is not None:
-            pixels = pixels * channel(s_std) + channel(s_mean)
-        if s_flip != t_flip:
-            pixels = pixels.flip(1)
-        if t_mean is not None:
-            pixels = (pixels - channel(t_mean)) / channel(t_std)
-        for i, sample in enumerate(data_samples or []):
-            shape = getattr(sample, 'img_shape', None)
-            if shape is None:
-                continue
-            height, width = shape[:2]
-            pixels[i, :, height:, :] = t_pad
-            pixels[i, :, :, width:] = t_pad
-        return pixels

@@ -1,9 +1,12 @@
 """The student's weights inside distillation checkpoints."""
-import copy
 from typing import Dict
 
-from mmengine.registry import MODELS
+from mmengine.config import Config
+from mmengine.model import is_model_wrapper
 from mmengine.runner.checkpoint import _load_checkpoint, load_state_dict
+from torch import nn
+
+from .build import build_model
 
 STUDENT_PREFIX = 'student.'
 
@@ -21,20 +24,37 @@ def student_state_dict(state: Dict) -> Dict:
     }
 
 
-def build_distiller_with_student(model_cfg: dict, checkpoint: str):
-    """Build a distiller and load a student checkpoint into its student.
+def build_distiller_with_student(cfg: Config, checkpoint: str):
+    """Build a config's distiller as the Runner would (its top-level
+    ``data_preprocessor`` merged in) and load a student checkpoint into its
+    student.
 
     Args:
-        model_cfg (dict): The distiller's model config.
+        cfg (Config): The distillation config.
         checkpoint (str): A distillation checkpoint (``student.*`` keys) or a
             plain student checkpoint, e.g. of the student trained alone.
 
     Returns:
         The distiller, student weights loaded strictly.
     """
-    model = MODELS.build(copy.deepcopy(model_cfg))
+    model = build_model(cfg)
     ckpt = _load_checkpoint(checkpoint, map_location='cpu')
     load_state_dict(model.student,
                     student_state_dict(ckpt.get('state_dict', ckpt)),
                     strict=True)
     return model
+
+
+def load_student_weights(model: nn.Module, checkpoint: str) -> None:
+    """Load the student of a distillation checkpoint (or a plain student
+    checkpoint) strictly into a stock student model.
+
+    Args:
+        model (nn.Module): The student, possibly wrapped (DDP).
+        checkpoint (str): Path or URL of the checkpoint.
+    """
+    if is_model_wrapper(model):
+        model = model.module
+    ckpt = _load_checkpoint(checkpoint, map_location='cpu')
+    load_state_dict(model, student_state_dict(ckpt.get('state_dict', ckpt)),
+                    strict=True)

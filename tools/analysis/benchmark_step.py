@@ -26,9 +26,11 @@ import mmdist  # noqa: F401
 import torch
 from mmengine.config import Config
 from mmengine.optim import OptimWrapper
-from mmengine.registry import MODELS, init_default_scope
+from mmengine.registry import init_default_scope
 
+from mmdist.distillers import load_teacher_config
 from mmdist.testing import strip_pretrained
+from mmdist.utils.build import build_model
 
 PAIRS = {
     # name: (config, scope, batch builder)
@@ -78,14 +80,13 @@ def build_pair(path: str, scope: str):
     if 'faster-rcnn' in path:
         # Same heads, 5 classes and a small input to keep the run short.
         cfg.model.student.roi_head.bbox_head.num_classes = 5
-        cfg.model.teacher = Config.fromfile(
-            Config._get_cfg_path(cfg.model.teacher, '')[0]).model
+        cfg.model.teacher = load_teacher_config(cfg.model.teacher)
         strip_pretrained(cfg.model.teacher)
         for head in cfg.model.teacher.roi_head.bbox_head:
             head.num_classes = 5
         cfg.model.teacher.roi_head.mask_head.num_classes = 5
     init_default_scope(scope)
-    return MODELS.build(cfg.model)
+    return build_model(cfg)
 
 
 def benchmark(name: str, runs: int, batch: int) -> dict:

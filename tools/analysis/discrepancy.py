@@ -37,7 +37,7 @@ def main() -> None:
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     init_default_scope(cfg.get('default_scope', 'mmdet'))
-    model = build_distiller_with_student(cfg.model, args.checkpoint)
+    model = build_distiller_with_student(cfg, args.checkpoint)
     loader = Runner.build_dataloader(cfg[f'{args.split}_dataloader'])
     result = measure_discrepancy(model, loader, args.max_batches)
     for name, stats in result.items():

@@ -15,9 +15,10 @@ import mmdist  # noqa: F401
 import torch
 from mmengine.config import Config
 from mmengine.optim import OptimWrapper
-from mmengine.registry import MODELS, init_default_scope
+from mmengine.registry import init_default_scope
 
 from mmdist.testing import strip_pretrained
+from mmdist.utils.build import build_model
 
 
 def rss_mb() -> float:
@@ -40,7 +41,7 @@ def main() -> None:
     cfg = Config.fromfile(f'configs/demo/{args.pair}_student_dist.py')
     strip_pretrained(cfg.model)
     init_default_scope('mmdet' if args.pair == 'det' else 'mmseg')
-    model = MODELS.build(cfg.model)
+    model = build_model(cfg)
     model.train()
     optim = OptimWrapper(torch.optim.SGD(model.parameters(), lr=1e-4))
     data = make_batch(args.pair, 2)

@@ -1,0 +1,106 @@
+"""Build a config's model the way MMEngine's Runner builds it."""
+import copy
+import os.path as osp
+from typing import Optional
+
+from mmengine.config import Config, ConfigDict
+from mmengine.registry import MODELS, DefaultScope
+from torch import nn
+
+DISTILLER_TYPES = ('Distiller', 'mmdist.Distiller')
+
+
+def model_config(cfg: Config) -> ConfigDict:
+    """``cfg.model`` with the config's top-level ``data_preprocessor``
+    merged in, as ``Runner.__init__`` does (the model's own wins).
+
+    MMPretrain declares its normalisation only at the top level, so a model
+    built from ``cfg.model`` alone would not normalise its input.
+
+    Args:
+        cfg (Config): A full config.
+
+    Returns:
+        ConfigDict: A copy of the model dict.
+    """
+    model = copy.deepcopy(cfg.model)
+    if cfg.get('data_preprocessor') is not None:
+        model.setdefault('data_preprocessor',
+                         copy.deepcopy(cfg.data_preprocessor))
+    return model
+
+
+def build_model(cfg: Config, model: Optional[dict] = None) -> nn.Module:
+    """Build ``cfg.model`` (or ``model``) as the Runner would.
+
+    Args:
+        cfg (Config): The full config: its ``data_preprocessor`` and
+            ``default_scope`` are used.
+        model (dict, optional): A model dict to build in place of
+            ``cfg.model`` (e.g. a distiller with overrides).
+
+    Returns:
+        nn.Module: The model, not initialised (call ``init_weights()``).
+    """
+    model_cfg = model_config(cfg) if model is None else copy.deepcopy(model)
+    if model is not None and cfg.get('data_preprocessor') is not None:
+        model_cfg.setdefault('data_preprocessor',
+                             copy.deepcopy(cfg.data_preprocessor))
+    with DefaultScope.overwrite_default_scope(cfg.get('default_scope')):
+        return MODELS.build(model_cfg)
+
+
+def is_distiller(model: dict) -> bool:
+    """Whether a model dict builds an mmdist distiller."""
+    return isinstance(model, dict) and model.get('type') in DISTILLER_TYPES
+
+
+def student_config(cfg: Config) -> Config:
+    """The config a distillation config trains its student with: the same
+    data, loops and evaluators, with the student (and the normalisation the
+    Runner would give it) as the model.
+
+    Args:
+        cfg (Config): A distillation config.
+
+    Returns:
+        Config: A copy with ``model`` replaced by the student's dict.
+    """
+    if not is_distiller(cfg.model):
+        raise ValueError('not a distillation config: model type is '
+                         f'{cfg.model.get("type")!r}')
+    out = copy.deepcopy(cfg)
+    student = copy.deepcopy(cfg.model.student)
+    if student.get('data_preprocessor') is None and cfg.model.get(
+            'data_preprocessor', cfg.get('data_preprocessor')) is not None:
+        student['data_preprocessor'] = copy.deepcopy(
+            cfg.model.get('data_preprocessor', cfg.get('data_preprocessor')))
+    out.model = student
+    return out
+
+
+def resolve_teacher_paths(cfg: Config, config_path: str) -> None:
+    """Make a relative ``teacher`` config path absolute, from the folder of
+    the config that names it, as ``_base_`` paths resolve; in place.
+
+    MMEngine does not record which file set a key, so the folder of the
+    config the tools were given is used (a path that exists there wins over
+    one in the working directory). The absolute path is what the Runner
+    saves in the work dir's config copy, which therefore still resolves.
+
+    Args:
+        cfg (Config): The loaded config.
+        config_path (str): The file it was loaded from.
+    """
+    model = cfg.get('model')
+    if not is_distiller(model):
+        return
+    teacher = model.get('teacher')
+    if not isinstance(teacher, str) or '::' in teacher or osp.isabs(
+            teacher):
+        return
+    beside_config = osp.join(osp.dirname(osp.abspath(config_path)), teacher)
+    if osp.isfile(beside_config):
+        model.teacher = osp.normpath(beside_config)
+    elif osp.isfile(teacher):
+        model.teacher = osp.abspath(teacher)
