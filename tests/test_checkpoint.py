@@ -144,3 +144,156 @@ def test_getattr_is_limited_to_history_buffer_statistics(tmp_path):
     torch.save(dict(meta=np.zeros(3).tofile), path)
     with pytest.raises(UnsafeCheckpointError, match='getattr'):
         _load_checkpoint(str(path), map_location='cpu')
+
+
+# ------------------------------------------- files that are not checkpoints
+def _write_kind(path, kind):
+    """Write a file of ``kind`` at ``path``."""
+    if kind == 'text':
+        path.write_text('epoch 1: loss 0.3\nepoch 2: loss 0.2\n')
+    elif kind == 'html':
+        path.write_text('<!DOCTYPE html>\n<html><head><title>Sign in'
+                        '</title></head><body>Log in to download</body>'
+                        '</html>\n')
+    elif kind == 'json':
+        path.write_text('{"state_dict": {"w": [0.0, 1.0]}}')
+    elif kind == 'npy':
+        with open(path, 'wb') as f:
+            np.save(f, np.zeros((2, 3), dtype=np.float32))
+    elif kind == 'npz':
+        with open(path, 'wb') as f:
+            np.savez(f, w=np.zeros(3))
+    elif kind == 'empty':
+        path.write_bytes(b'')
+    elif kind == 'truncated zip':
+        full = path.with_suffix('.full')
+        torch.save(dict(state_dict={'w': torch.zeros(1000)}), full)
+        path.write_bytes(full.read_bytes()[:600])
+    elif kind == 'pickle':
+        with open(path, 'wb') as f:
+            pickle.dump({'model': {'w': np.zeros(3)}}, f)
+    else:
+        raise ValueError(kind)
+
+
+NOT_CHECKPOINTS = {
+    'text': 'a text file',
+    'html': 'an HTML page',
+    'json': 'a JSON document',
+    'npy': 'a numpy .npy array',
+    'npz': 'a numpy .npz archive',
+    'empty': 'an empty file',
+    'truncated zip': 'a truncated or damaged zip archive',
+    'pickle': 'a Python pickle that torch.save did not write',
+}
+
+
+@pytest.mark.parametrize('trust', [False, True], ids=['safe', 'trusting'])
+@pytest.mark.parametrize('kind', sorted(NOT_CHECKPOINTS))
+def test_not_a_checkpoint_is_named_as_such(tmp_path, monkeypatch, kind,
+                                           trust):
+    """Whatever the loading mode, the message names the file and what it
+    is, and never suggests turning safe loading off."""
+    from mmdist.utils.checkpoint import NotACheckpointError
+    if trust:
+        monkeypatch.setenv('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
+    path = tmp_path / 'model.pth'
+    _write_kind(path, kind)
+    with pytest.raises(NotACheckpointError) as info:
+        _load_checkpoint(str(path), map_location='cpu')
+    message = str(info.value)
+    assert f'{path} is not a PyTorch checkpoint' in message
+    assert NOT_CHECKPOINTS[kind] in message
+    assert 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD' not in message
+    # A RuntimeError, as MMEngine's own "cannot read" errors are.
+    assert isinstance(info.value, RuntimeError)
+
+
+@pytest.mark.parametrize('legacy', [False, True], ids=['zip', 'legacy'])
+def test_real_checkpoints_still_load(tmp_path, legacy):
+    path = tmp_path / 'model.pth'
+    torch.save(dict(state_dict={'w': torch.ones(2)}), path,
+               _use_new_zipfile_serialization=not legacy)
+    ckpt = _load_checkpoint(str(path), map_location='cpu')
+    assert torch.equal(ckpt['state_dict']['w'], torch.ones(2))
+
+
+def test_unsafe_checkpoint_still_refused_as_unsafe(tmp_path):
+    """The check for non-checkpoints does not swallow the refusal."""
+    path = tmp_path / 'evil.pth'
+    torch.save(dict(meta=Payload(tmp_path / 'pwned')), path)
+    with pytest.raises(UnsafeCheckpointError, match='TORCH_FORCE_NO'):
+        _load_checkpoint(str(path), map_location='cpu')
+    assert not (tmp_path / 'pwned').exists()
+
+
+def test_damaged_zip_checkpoint_names_the_file(tmp_path):
+    """A zip checkpoint with an intact index but damaged records."""
+    path = tmp_path / 'damaged.pth'
+    torch.save(dict(state_dict={'w': torch.zeros(1000)}), path)
+    data = bytearray(path.read_bytes())
+    start = data.index(b'data.pkl') + 40
+    data[start:start + 64] = b'\xff' * 64
+    path.write_bytes(bytes(data))
+    with pytest.raises(RuntimeError, match='damaged.pth'):
+        _load_checkpoint(str(path), map_location='cpu')
+
+
+def _export_tool():
+    import importlib.util
+
+    from helpers import REPO
+    spec = importlib.util.spec_from_file_location(
+        'export_student', REPO / 'tools' / 'export_student.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_export_of_an_html_page_says_so(tmp_path):
+    from mmdist.utils.checkpoint import NotACheckpointError
+    page = tmp_path / 'iter_2.pth'
+    _write_kind(page, 'html')
+    with pytest.raises(NotACheckpointError, match='an HTML page'):
+        _export_tool().export_student(str(page), str(tmp_path / 'out.pth'))
+    assert not (tmp_path / 'out.pth').exists()
+
+
+def test_load_checkpoint_of_text_says_not_a_checkpoint(tmp_path):
+    """``load_checkpoint`` is what teacher_ckpt and load_from go through."""
+    from mmengine.runner.checkpoint import load_checkpoint
+
+    from mmdist.utils.checkpoint import NotACheckpointError
+    path = tmp_path / 'teacher.pth'
+    _write_kind(path, 'text')
+    with pytest.raises(NotACheckpointError, match='teacher.pth is not'):
+        load_checkpoint(torch.nn.Linear(2, 1), str(path), map_location='cpu')
+
+
+def test_downloaded_html_page_names_url_and_cached_file(tmp_path):
+    """A URL that answers with a login page: torch.hub caches the page and
+    would load it again on every run, so the message says where it is."""
+    import functools
+    import http.server
+    import threading
+
+    from mmdist.utils.checkpoint import NotACheckpointError
+    served = tmp_path / 'served'
+    served.mkdir()
+    _write_kind(served / 'teacher.pth', 'html')
+    handler = functools.partial(
+        http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    hub_dir = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / 'hub'))
+    try:
+        url = f'http://127.0.0.1:{server.server_address[1]}/teacher.pth'
+        with pytest.raises(NotACheckpointError) as info:
+            _load_checkpoint(url, map_location='cpu')
+    finally:
+        torch.hub.set_dir(hub_dir)
+        server.shutdown()
+    message = str(info.value)
+    assert url in message and 'an HTML page' in message
+    assert str(tmp_path / 'hub' / 'checkpoints' / 'teacher.pth') in message

@@ -8,22 +8,37 @@ keeps everything else refused: a checkpoint that names any other global is
 rejected with :class:`UnsafeCheckpointError`, which names the file and the
 globals. A user who trusts such a file opts in for the process with torch's
 own switch, ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``.
+
+A file that is not a PyTorch checkpoint at all (a failed download's HTML
+page, JSON, a numpy array, an empty or truncated file) is told apart from an
+unsafe checkpoint before anything is unpickled: it raises
+:class:`NotACheckpointError` naming the file and what it looks like, with or
+without ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``.
 """
 import os.path as osp
 import pickle
 import re
+import zipfile
 from typing import Callable, List, Optional, Tuple, Union
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
-from mmengine.runner.checkpoint import (CheckpointLoader, load_from_http,
-                                        load_from_local)
+from mmengine.runner import checkpoint as mmengine_checkpoint
+from mmengine.runner.checkpoint import CheckpointLoader
+
+from .file_kind import describe_non_checkpoint
 
 TRUST_ENV = 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
     """A checkpoint names pickled globals outside the allowed set."""
+
+
+class NotACheckpointError(RuntimeError):
+    """A file given as a checkpoint is not one (text, HTML, numpy, empty,
+    truncated): no setting would make it load."""
 
 
 def _restricted_getattr(obj, name: str):
@@ -92,42 +107,137 @@ def _unsafe_globals(filename: str, error: Exception) -> List[str]:
                 return names
         except Exception:  # not a zip checkpoint: fall back to the message
             pass
-    return re.findall(r'GLOBAL ([\w.]+)', str(error)) or ['<unknown>']
+    return re.findall(r'GLOBAL ([\w.]+)', str(error))
 
 
-def _explain_refusal(filename: str, error: Exception) -> UnsafeCheckpointError:
-    names = ', '.join(_unsafe_globals(filename, error))
+def _explain_refusal(filename: str, error: Exception) -> Exception:
+    """The error for a torch checkpoint that ``weights_only`` refused.
+
+    A refusal that names globals is an unsafe checkpoint; one that does not
+    (an unsupported pickle opcode) means the pickle data itself is damaged,
+    which no opt-in would fix.
+    """
+    names = _unsafe_globals(filename, error)
+    if not names:
+        return RuntimeError(
+            f'Cannot read checkpoint {filename}: its pickled data is damaged '
+            f'({str(error).splitlines()[-1]}).')
     return UnsafeCheckpointError(
         f'Refused to load checkpoint {filename}: it holds pickled globals '
-        f'outside the types MMEngine checkpoints need ({names}). Loading it '
-        f'could run arbitrary code. If you trust this file, set the '
-        f'environment variable {TRUST_ENV}=1 to load it with full '
+        f'outside the types MMEngine checkpoints need ({", ".join(names)}). '
+        f'Loading it could run arbitrary code. If you trust this file, set '
+        f'the environment variable {TRUST_ENV}=1 to load it with full '
         f'unpickling.')
 
 
-def _load_local(filename: str, map_location: Optional[str] = None) -> dict:
-    """MMEngine's local loader with clear errors for refused or broken
-    files."""
+def check_is_checkpoint(filename: str, source: Optional[str] = None) -> None:
+    """Raise :class:`NotACheckpointError` when a local file cannot be a
+    PyTorch checkpoint (see :func:`describe_non_checkpoint`).
+
+    Args:
+        filename (str): Path of an existing local file.
+        source (str, optional): Where the file came from (a URL), named in
+            the message instead of ``filename``.
+    """
+    kind = describe_non_checkpoint(filename)
+    if kind is None:
+        return
+    if source is None:
+        raise NotACheckpointError(
+            f'{filename} is not a PyTorch checkpoint: it is {kind}. Check '
+            'the path (teacher_ckpt, load_from, --resume or the checkpoint '
+            'argument).')
+    raise NotACheckpointError(
+        f'{source} did not give a PyTorch checkpoint: the downloaded file '
+        f'{filename} is {kind}. Delete it and check the URL.')
+
+
+# What torch.load raises for a damaged file with a checkpoint's layout (under
+# full unpickling a damaged pickle can fail in almost any way).
+_READ_ERRORS = (RuntimeError, EOFError, ValueError, KeyError, IndexError,
+                TypeError, AttributeError, zipfile.BadZipFile,
+                pickle.UnpicklingError)
+
+
+def _refused_by_weights_only(error: Exception) -> bool:
+    """Whether torch's ``weights_only`` unpickler raised ``error``."""
+    return isinstance(error, pickle.UnpicklingError) and (
+        'Weights only load failed' in str(error))
+
+
+def _raise_read_error(filename: str, error: Exception) -> None:
+    """Raise the error that explains ``error`` from loading ``filename``."""
+    if _refused_by_weights_only(error):
+        # Without the chain: torch's own text advises weights_only=False.
+        raise _explain_refusal(filename, error) from None
+    raise RuntimeError(f'Cannot read checkpoint {filename} '
+                       f'({type(error).__name__}: {error}).') from error
+
+
+def load_local_checkpoint(filename: str,
+                          map_location=None,
+                          mmap: bool = False):
+    """``torch.load`` a local checkpoint with errors that explain the file.
+
+    Args:
+        filename (str): Local path (``~`` is expanded).
+        map_location: As for :func:`torch.load`.
+        mmap (bool): Map the tensor data instead of reading it (zip
+            checkpoints only); a cheap way to check a checkpoint is whole.
+
+    Returns:
+        The loaded object.
+
+    Raises:
+        FileNotFoundError: The file does not exist.
+        NotACheckpointError: The file is not a PyTorch checkpoint.
+        UnsafeCheckpointError: It holds globals outside the allowed set.
+        RuntimeError: Naming the file, for any other damage.
+    """
     filename = osp.expanduser(filename)
+    if not osp.isfile(filename):
+        raise FileNotFoundError(f'{filename} can not be found.')
+    # Before unpickling anything: under full unpickling a text file is run as
+    # a pickle program, and under weights_only its refusal would read as a
+    # security problem.
+    check_is_checkpoint(filename)
     try:
-        return load_from_local(filename, map_location)
-    except pickle.UnpicklingError as error:
-        raise _explain_refusal(filename, error) from None
-    except (RuntimeError, EOFError) as error:
-        raise RuntimeError(
-            f'Cannot read checkpoint {filename} ({error}); the file may be '
-            f'truncated or not a torch checkpoint.') from error
+        return torch.load(filename, map_location=map_location, mmap=mmap)
+    except _READ_ERRORS as error:
+        _raise_read_error(filename, error)
 
 
-def _load_http(filename: str,
-               map_location: Optional[str] = None,
-               model_dir: Optional[str] = None,
-               **kwargs) -> dict:
-    """MMEngine's http(s) loader with a clear error for refused files."""
+# The loaders keep MMEngine's names: CheckpointLoader logs "Loads checkpoint
+# by <name minus 'load_from_'> backend".
+def load_from_local(filename: str, map_location=None):
+    """MMEngine's local-path checkpoint loader, with the errors of
+    :func:`load_local_checkpoint`."""
+    return load_local_checkpoint(filename, map_location)
+
+
+def _http_cache_path(url: str, model_dir: Optional[str]) -> str:
+    """Where ``torch.hub`` keeps the file downloaded from ``url``."""
+    if model_dir is None:
+        model_dir = osp.join(torch.hub.get_dir(), 'checkpoints')
+    return osp.join(model_dir, osp.basename(urlparse(url).path))
+
+
+def load_from_http(filename: str,
+                   map_location: Optional[str] = None,
+                   model_dir: Optional[str] = None,
+                   **kwargs) -> dict:
+    """MMEngine's http(s) loader with clear errors for downloads that are
+    not checkpoints or are refused."""
     try:
-        return load_from_http(filename, map_location, model_dir, **kwargs)
-    except pickle.UnpicklingError as error:
-        raise _explain_refusal(filename, error) from None
+        return mmengine_checkpoint.load_from_http(filename, map_location,
+                                                  model_dir, **kwargs)
+    except _READ_ERRORS as error:
+        # torch.hub keeps a bad download (say an HTML login page) in its
+        # cache and loads it again on every run: say what it is and where.
+        cached = _http_cache_path(filename, model_dir)
+        if osp.isfile(cached):
+            check_is_checkpoint(cached, source=filename)
+        _raise_read_error(filename, error)
 
 
 def install_safe_checkpoint_loading() -> None:
@@ -137,7 +247,7 @@ def install_safe_checkpoint_loading() -> None:
     Idempotent; called when ``mmdist`` is imported.
     """
     torch.serialization.add_safe_globals(openmmlab_checkpoint_globals())
-    CheckpointLoader.register_scheme(prefixes='', loader=_load_local,
+    CheckpointLoader.register_scheme(prefixes='', loader=load_from_local,
                                      force=True)
     CheckpointLoader.register_scheme(prefixes=('http://', 'https://'),
-                                     loader=_load_http, force=True)
+                                     loader=load_from_http, force=True)
