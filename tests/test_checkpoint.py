@@ -270,6 +270,82 @@ def test_load_checkpoint_of_text_says_not_a_checkpoint(tmp_path):
         load_checkpoint(torch.nn.Linear(2, 1), str(path), map_location='cpu')
 
 
+# ------------------------------------------------------ export_student safety
+def _distillation_checkpoint(path):
+    torch.save(dict(meta=dict(iter=2),
+                    state_dict={'student.w': torch.arange(4.),
+                                'student.b': torch.ones(1)}), path)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize('link', ['same', 'relative', 'symlink', 'hardlink'])
+def test_export_refuses_to_overwrite_its_input(tmp_path, monkeypatch, link):
+    ckpt = tmp_path / 'iter_2.pth'
+    before = _distillation_checkpoint(ckpt)
+    out = tmp_path / 'student.pth'
+    if link == 'same':
+        out = ckpt
+    elif link == 'relative':
+        monkeypatch.chdir(tmp_path)
+        out = './sub/../iter_2.pth'
+        (tmp_path / 'sub').mkdir()
+    elif link == 'symlink':
+        out.symlink_to(ckpt)
+    else:
+        os.link(ckpt, out)
+    with pytest.raises(ValueError, match='is the input checkpoint'):
+        _export_tool().export_student(str(ckpt), str(out))
+    assert ckpt.read_bytes() == before
+
+
+def test_export_tool_exits_with_the_reason(tmp_path):
+    from helpers import run_tool
+    ckpt = tmp_path / 'iter_2.pth'
+    before = _distillation_checkpoint(ckpt)
+    with pytest.raises(AssertionError, match='is the input checkpoint'):
+        run_tool('export_student.py', ckpt, ckpt, timeout=120)
+    assert ckpt.read_bytes() == before
+
+
+def test_interrupted_export_leaves_no_partial_file(tmp_path, monkeypatch):
+    """A failure in the middle of the write (disk full, a kill) leaves the
+    previous output as it was and no temporary file behind."""
+    import errno
+
+    import mmdist.utils.atomic_io as atomic_io
+    ckpt = tmp_path / 'iter_2.pth'
+    _distillation_checkpoint(ckpt)
+    out = tmp_path / 'student.pth'
+    out.write_bytes(b'previous export')
+
+    def half_then_enospc(obj, f, *args, **kwargs):
+        f.write(b'PK\x03\x04 half of a checkpoint')
+        raise OSError(errno.ENOSPC, 'No space left on device')
+
+    monkeypatch.setattr(atomic_io.torch, 'save', half_then_enospc)
+    with pytest.raises(OSError, match='No space left'):
+        _export_tool().export_student(str(ckpt), str(out))
+    assert out.read_bytes() == b'previous export'
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        'iter_2.pth', 'student.pth'
+    ]
+
+
+def test_export_writes_the_student_alone(tmp_path):
+    ckpt = tmp_path / 'iter_2.pth'
+    _distillation_checkpoint(ckpt)
+    out = tmp_path / 'export' / 'student.pth'  # directory made on the way
+    assert _export_tool().export_student(str(ckpt), str(out)) == 2
+    state = torch.load(out, weights_only=True)['state_dict']
+    assert torch.equal(state['w'], torch.arange(4.)) and set(state) == {
+        'w', 'b'
+    }
+    # Permissions as open() would give (a temporary file is made 0600).
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
 def test_downloaded_html_page_names_url_and_cached_file(tmp_path):
     """A URL that answers with a login page: torch.hub caches the page and
     would load it again on every run, so the message says where it is."""
