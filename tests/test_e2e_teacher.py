@@ -58,6 +58,7 @@ def test_distiller_teacher_scores_like_the_teacher_alone(tmp_path):
     dist_cfg.default_hooks.checkpoint = dict(type='CheckpointHook',
                                              interval=3)
     dist_cfg.default_hooks.logger.interval = 1
+    dist_cfg.model.teacher_check_iters = 10  # of the run's 15 iterations
     dist_path = tmp_path / 'dist_config.py'
     dist_cfg.dump(str(dist_path))
     tested = run_tool('test.py', dist_path, '--teacher', '--work-dir',

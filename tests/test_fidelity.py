@@ -155,15 +155,20 @@ def check_pair(path: str, tmp_path, teacher_preprocessor=None,
         own = stock_teacher.data_preprocessor(copy.deepcopy(batch))
         stock = stock_teacher(own['inputs'], own['data_samples'],
                               mode='tensor')
-        torch.testing.assert_close(teacher_in, own['inputs'],
-                                   atol=tolerance * 10, rtol=tolerance)
+        if distiller.renormalise.needed:
+            torch.testing.assert_close(teacher_in, own['inputs'],
+                                       atol=1e-4, rtol=1e-5)
+        else:
+            assert torch.equal(teacher_in, own['inputs'])
     assert_outputs_equal(ours, stock, atol=tolerance, rtol=tolerance)
     return distiller
 
 
 @pytest.mark.parametrize('path', marked(DIST))
 def test_student_and_teacher_see_what_their_configs_declare(path, tmp_path):
-    check_pair(path, tmp_path)
+    # Exact, but for attention teachers: with frozen weights PyTorch runs
+    # another attention kernel (differences of about 1e-5 of the logits).
+    check_pair(path, tmp_path, tolerance=1e-4 if 'segformer' in path else 0.)
 
 
 @pytest.mark.parametrize('path', [p for p in ALL if p.endswith('_kd.py')])

@@ -12,12 +12,15 @@ compared row by row with the term's activation:
 
 A larger KL with a still-high Pearson correlation is the paper's picture of
 a stronger teacher: exact matching gets harder while relations survive.
-RoI-head terms are not supported (a student needs proposals to score).
+Only logits terms are measured: feature terms (``FeatureMSELoss`` on a neck
+or backbone) are skipped, and the result says so. RoI-head terms are not
+supported (a student needs proposals to score).
 """
 from typing import Dict, Iterable, Optional
 
 import torch
 import torch.nn.functional as F
+from mmengine.logging import print_log
 from torch import Tensor
 
 from mmdist.distillers import Distiller, HeadsForward
@@ -58,27 +61,38 @@ def measure_discrepancy(model: Distiller,
         max_batches (int, optional): Stop after this many batches.
 
     Returns:
-        dict: ``{term name: {'kl': float, 'pearson': float, 'rows': int}}``.
+        dict: ``{term name: {'kl': float, 'pearson': float, 'rows': int}}``
+        for every logits term; ``{term name: {'skipped': reason}}`` for
+        feature terms.
     """
-    if any(t.teacher_module.startswith('roi_head.') for t in model.terms):
+    logits_terms = [t for t in model.terms if hasattr(t.loss, 'activation')]
+    skipped = {
+        t.name: dict(skipped=f'feature term ({type(t.loss).__name__} on '
+                     f'{t.student_module}): not a logits discrepancy')
+        for t in model.terms if t not in logits_terms
+    }
+    for name, info in skipped.items():
+        print_log(f'discrepancy: skipping {name!r}, {info["skipped"]}',
+                  logger='current')
+    if any(t.teacher_module.startswith('roi_head.') for t in logits_terms):
         raise ValueError('discrepancy of RoI-head terms is not supported: '
                          'the student needs proposals to score')
     model.eval()
-    student_forward = HeadsForward(model.student,
-                                   [t.student_module for t in model.terms])
-    totals = {t.name: [0.0, 0.0, 0] for t in model.terms}
+    student_heads = HeadsForward(model.student,
+                                 [t.student_module for t in logits_terms],
+                                 owner='student')
+    totals = {t.name: [0.0, 0.0, 0] for t in logits_terms}
     for index, data in enumerate(batches):
         if max_batches is not None and index >= max_batches:
             break
         data = model.data_preprocessor(data, False)
         inputs, samples = data['inputs'], data.get('data_samples')
         with model._recording():
-            student_forward(model.student, inputs, samples)
+            student_heads(model.student.extract_feat(inputs))
             model._run_teacher(inputs, samples)
-            for term in model.terms:
+            for term in logits_terms:
                 loss = term.loss
-                for s, t in zip(term.student_outputs.records,
-                                term.teacher_outputs.records):
+                for s, t in zip(*term.levels()):
                     kl, rho, rows = _row_statistics(
                         s, term.align_teacher(s, t), loss.activation,
                         loss.tau, loss.num_classes)
@@ -86,8 +100,10 @@ def measure_discrepancy(model: Distiller,
                     total[0] += kl
                     total[1] += rho
                     total[2] += rows
-    return {
+    result = {
         name: dict(kl=kl / max(rows, 1), pearson=rho / max(rows, 1),
                    rows=rows)
         for name, (kl, rho, rows) in totals.items()
     }
+    result.update(skipped)
+    return result

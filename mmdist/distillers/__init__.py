@@ -1,10 +1,13 @@
-from .adapters import HeadsForward, RoIBoxForward
-from .distiller import DistillTerm, Distiller
+from .adapters import HeadsForward, RoIBoxForward, TeacherPlan
+from .connectors import ConvConnector
+from .distiller import Distiller
 from .pixels import InputRenormaliser, pixel_map
 from .teacher import build_frozen_teacher, load_teacher_config
+from .terms import DistillTerm
 
 __all__ = [
     'Distiller', 'DistillTerm', 'HeadsForward', 'RoIBoxForward',
+    'TeacherPlan', 'ConvConnector',
     'InputRenormaliser', 'pixel_map', 'build_frozen_teacher',
     'load_teacher_config'
 ]

@@ -1,25 +1,31 @@
-"""What the teacher computes for each kind of distilled head.
+"""What the teacher computes for a set of distillation terms.
 
-The student always runs its own ``loss()``. The teacher runs only what its
-distilled modules need, forward only and without losses, target assignment
-or post-processing:
+The student always runs its own ``loss()``. The teacher runs, once per step,
+only what its distilled modules need, forward only and without losses,
+target assignment or post-processing. :class:`TeacherPlan` reads that from
+the terms' teacher paths:
 
-- :class:`HeadsForward` -- dense detection heads (RetinaNet, FCOS, ATSS,
-  GFL), segmentation decode/auxiliary heads and classifier heads: backbone,
-  neck, then each distilled head on the features.
-- :class:`RoIBoxForward` -- two-stage box classifiers: backbone, neck, RoI
-  feature extraction and one box head, on the *student's* sampled RoIs (no
-  RPN, sampler, losses or mask head), so both logit matrices describe the
-  same boxes. For a cascade teacher the stage is the index in the teacher
-  module path (``roi_head.bbox_head.0.fc_cls`` -> first stage).
+- ``backbone.*`` / ``neck.*`` (feature mimicking): ``extract_feat`` alone;
+- dense detection heads (RetinaNet, FCOS, ATSS, GFL), segmentation
+  decode/auxiliary heads and classifier heads: each such head on the
+  features (:class:`HeadsForward`);
+- two-stage box classifiers (``roi_head.bbox_head...``): RoI feature
+  extraction and one box head on the *student's* sampled RoIs (no RPN,
+  sampler, losses or mask head), so both logit matrices describe the same
+  boxes (:class:`RoIBoxForward`). For a cascade teacher the stage is the
+  index in the teacher path (``roi_head.bbox_head.0.fc_cls`` -> first stage).
+
+Any mix of these runs on one ``extract_feat``.
 """
 import re
-from typing import List, Optional
+from typing import List, Optional, Sequence, Tuple
 
 from torch import Tensor, nn
 
 from mmdist.utils import get_module
 from .recorder import Recorder
+
+_FEATURE_MODULES = ('backbone', 'neck')
 
 
 def _head_name(model: nn.Module, path: str) -> str:
@@ -33,39 +39,31 @@ def _head_name(model: nn.Module, path: str) -> str:
 
 
 class HeadsForward:
-    """Teacher = ``extract_feat`` + the heads that hold distilled modules.
+    """The heads that hold distilled modules, run on extracted features.
 
     Args:
-        teacher (nn.Module): The frozen teacher (an OpenMMLab detector,
-            segmentor or classifier with ``extract_feat``).
-        teacher_paths (list[str]): Dotted paths of the distilled teacher
-            modules.
+        model (nn.Module): An OpenMMLab detector, segmentor or classifier.
+        paths (list[str]): Dotted paths of distilled modules inside heads.
+        owner (str): How to call the model in errors. Defaults to
+            ``'teacher'``.
     """
 
-    def __init__(self, teacher: nn.Module, teacher_paths: List[str]) -> None:
-        if not hasattr(teacher, 'extract_feat'):
-            raise TypeError(f'teacher {type(teacher).__name__} has no '
-                            'extract_feat(); cannot run its heads alone')
-        names = []
-        for path in teacher_paths:
-            name = _head_name(teacher, path)
+    def __init__(self, model: nn.Module, paths: Sequence[str],
+                 owner: str = 'teacher') -> None:
+        names: List[str] = []
+        for path in paths:
+            name = _head_name(model, path)
             if name not in names:
                 names.append(name)
-        self.heads = [get_module(teacher, n, 'teacher') for n in names]
+        self.heads = [get_module(model, n, owner) for n in names]
 
-    def attach(self, student: nn.Module) -> List[Recorder]:
-        """Nothing to capture from the student."""
-        return []
-
-    def __call__(self, teacher: nn.Module, inputs: Tensor,
-                 data_samples: Optional[list]) -> None:
-        feats = teacher.extract_feat(inputs)
+    def __call__(self, feats) -> None:
         for head in self.heads:
             head(feats)
 
 
 class RoIBoxForward:
-    """Teacher box classifier on the student's sampled RoIs.
+    """One box head of the teacher on the student's sampled RoIs.
 
     Args:
         teacher (nn.Module): The frozen two-stage teacher.
@@ -77,22 +75,21 @@ class RoIBoxForward:
             matching ``bbox_roi_extractor``.
     """
 
-    _PATH = re.compile(r'^roi_head\.bbox_head(?:\.(\d+))?(?:\.|$)')
+    PATH = re.compile(r'^roi_head\.bbox_head(?:\.(\d+))?(?:\.|$)')
 
     def __init__(self, teacher: nn.Module, teacher_path: str,
                  student_path: str) -> None:
-        t_match = self._PATH.match(teacher_path)
-        s_match = self._PATH.match(student_path)
+        t_match = self.PATH.match(teacher_path)
+        s_match = self.PATH.match(student_path)
         if t_match is None or s_match is None:
             raise ValueError(
                 'RoI distillation needs modules inside roi_head.bbox_head, '
                 f'got student {student_path!r} and teacher {teacher_path!r}')
-        self.stage = t_match.group(1)
         roi_head = teacher.roi_head
         self.extractor = roi_head.bbox_roi_extractor
         self.box_head = roi_head.bbox_head
         if isinstance(self.box_head, nn.ModuleList):
-            stage = int(self.stage or 0)
+            stage = int(t_match.group(1) or 0)
             self.extractor = self.extractor[stage]
             self.box_head = self.box_head[stage]
         self.shared_head = (
@@ -100,16 +97,17 @@ class RoIBoxForward:
                                             False) else None)
         self.student_extractor = 'roi_head.bbox_roi_extractor' + (
             f'.{s_match.group(1)}' if s_match.group(1) else '')
+        self.key: Tuple[int, str] = (id(self.box_head),
+                                     self.student_extractor)
         self.student_rois: Optional[Recorder] = None
 
-    def attach(self, student: nn.Module) -> List[Recorder]:
+    def attach(self, student: nn.Module) -> Recorder:
         """Record the RoIs the student's box branch extracts features for."""
         extractor = get_module(student, self.student_extractor, 'student')
         self.student_rois = Recorder(extractor, input_index=1)
-        return [self.student_rois]
+        return self.student_rois
 
-    def __call__(self, teacher: nn.Module, inputs: Tensor,
-                 data_samples: Optional[list]) -> None:
+    def __call__(self, feats) -> None:
         if not self.student_rois.records:
             raise RuntimeError(
                 f'the student never called {self.student_extractor} in this '
@@ -117,8 +115,48 @@ class RoIBoxForward:
         # A mask branch sharing the extractor runs after the box branch: the
         # first call of the step holds the box RoIs.
         rois = self.student_rois.records[0].detach()
-        feats = teacher.extract_feat(inputs)
         roi_feats = self.extractor(feats[:self.extractor.num_inputs], rois)
         if self.shared_head is not None:
             roi_feats = self.shared_head(roi_feats)
         self.box_head(roi_feats)
+
+
+class TeacherPlan:
+    """The teacher's forward for a set of terms: one ``extract_feat``, then
+    the heads and RoI box heads the terms need.
+
+    Args:
+        teacher (nn.Module): The frozen teacher (an OpenMMLab model with
+            ``extract_feat``).
+        pairs (list[tuple[str, str]]): ``(teacher_path, student_path)`` of
+            every term.
+    """
+
+    def __init__(self, teacher: nn.Module,
+                 pairs: Sequence[Tuple[str, str]]) -> None:
+        if not hasattr(teacher, 'extract_feat'):
+            raise TypeError(f'teacher {type(teacher).__name__} has no '
+                            'extract_feat(); cannot run its heads alone')
+        head_paths: List[str] = []
+        self.roi_forwards: List[RoIBoxForward] = []
+        for teacher_path, student_path in pairs:
+            if teacher_path.split('.')[0] in _FEATURE_MODULES:
+                continue  # extract_feat runs it
+            if teacher_path.startswith('roi_head.'):
+                forward = RoIBoxForward(teacher, teacher_path, student_path)
+                if all(f.key != forward.key for f in self.roi_forwards):
+                    self.roi_forwards.append(forward)
+            else:
+                head_paths.append(teacher_path)
+        self.heads = HeadsForward(teacher, head_paths)
+
+    def attach(self, student: nn.Module) -> List[Recorder]:
+        """Recorders the plan needs on the student (its sampled RoIs)."""
+        return [forward.attach(student) for forward in self.roi_forwards]
+
+    def __call__(self, teacher: nn.Module, inputs: Tensor,
+                 data_samples: Optional[list]) -> None:
+        feats = teacher.extract_feat(inputs)
+        self.heads(feats)
+        for forward in self.roi_forwards:
+            forward(feats)

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from mmdist.registry import MODELS
 from mmdist.utils import get_module
-from .adapters import HeadsForward, RoIBoxForward
+from .adapters import TeacherPlan
 from .pixels import InputRenormaliser
 from .recorder import Recorder
 from .teacher import build_frozen_teacher
@@ -108,6 +108,10 @@ class Distiller(BaseModel):
         self.predict_with = predict_with
         self.max_nonfinite_steps = max_nonfinite_steps
         self.teacher_check = TeacherCheck(teacher_check_iters)
+        # Multiplier of every term, set by mmdist.DistillWeightHook from the
+        # runner's progress; 0 means the teacher does not run.
+        self.distill_weight = 1.0
+        self.distill_weight_scheduled = False
 
         if not distill_terms:
             raise ValueError('Distiller needs at least one distill term')
@@ -121,7 +125,8 @@ class Distiller(BaseModel):
             term.teacher_outputs = Recorder(
                 get_module(frozen, term.teacher_module, 'teacher'))
             self.recorders += [term.student_outputs, term.teacher_outputs]
-        self.teacher_forward = self._choose_teacher_forward()
+        self.teacher_forward = TeacherPlan(
+            frozen, [(t.teacher_module, t.student_module) for t in self.terms])
         self.recorders += self.teacher_forward.attach(self.student)
 
     def _dedupe_names(self) -> None:
@@ -131,18 +136,6 @@ class Distiller(BaseModel):
             seen[term.name] = count + 1
             if count:
                 term.name = f'{term.name}_{count}'
-
-    def _choose_teacher_forward(self):
-        roi_terms = [t for t in self.terms
-                     if t.teacher_module.startswith('roi_head.')]
-        if not roi_terms:
-            return HeadsForward(self.teacher,
-                                [t.teacher_module for t in self.terms])
-        if len(roi_terms) != len(self.terms):
-            raise ValueError('RoI-head terms cannot be mixed with other '
-                             'terms in one distiller')
-        return RoIBoxForward(self.teacher, roi_terms[0].teacher_module,
-                             roi_terms[0].student_module)
 
     # -- module plumbing -------------------------------------------------
     def _apply(self, fn, *args, **kwargs):
@@ -205,7 +198,18 @@ class Distiller(BaseModel):
             (summed over the calls of its module, e.g. FPN levels), the
             logged parts ``<name>_inter`` / ``<name>_intra`` for DIST and,
             for the first ``teacher_check_iters`` steps, ``teacher_acc``.
+            The terms are multiplied by ``distill_weight`` (logged when a
+            schedule sets it); at 0 the teacher does not run and every
+            ``loss_<name>`` is 0.
         """
+        if self.distill_weight == 0:
+            # Distillation stopped: no teacher, no recording.
+            losses = self.student.loss(inputs, data_samples)
+            reference = next(self.student.parameters())
+            for term in self.terms:
+                losses.update(term.zero_loss(reference))
+            losses['distill_weight'] = reference.new_zeros(())
+            return losses
         with self._recording():
             losses = self.student.loss(inputs, data_samples)
             self._run_teacher(inputs, data_samples)
@@ -213,15 +217,20 @@ class Distiller(BaseModel):
                 losses.update(self._check_teacher(data_samples))
             for term in self.terms:
                 losses.update(self._term_losses(term, data_samples))
+        if self.distill_weight_scheduled:
+            losses['distill_weight'] = next(
+                self.student.parameters()).new_tensor(self.distill_weight)
         return losses
 
     def _check_teacher(self,
                        data_samples: Optional[list]) -> Dict[str, Tensor]:
-        """Teacher accuracy on this batch, from the first term's teacher
-        logits (a name without ``loss``: logged, never backpropagated)."""
-        term = self.terms[0]
-        records = term.teacher_outputs.records
-        if not records:
+        """Teacher accuracy on this batch, from the first term with logits
+        (a name without ``loss``: logged, never backpropagated)."""
+        for term in self.terms:
+            records = term.teacher_outputs.records
+            if records and isinstance(records[0], Tensor):
+                break
+        else:
             return {}
         ignore = 255 if term.ignore_index is None else term.ignore_index
         accuracy = self.teacher_check.update(records[0], data_samples,
@@ -232,34 +241,12 @@ class Distiller(BaseModel):
 
     def _term_losses(self, term: DistillTerm,
                      data_samples: Optional[list]) -> Dict[str, Tensor]:
-        student_outs = term.student_outputs.records
-        teacher_outs = term.teacher_outputs.records
-        if not student_outs or len(student_outs) != len(teacher_outs):
-            raise RuntimeError(
-                f'distillation term {term.name!r}: student '
-                f'{term.student_module} ran {len(student_outs)} times but '
-                f'teacher {term.teacher_module} ran {len(teacher_outs)} '
-                'times in this step; they must pair up (e.g. one call per '
-                'FPN level on both sides)')
-        aligned = [
-            term.align_teacher(s, t)
-            for s, t in zip(student_outs, teacher_outs)
-        ]
-        if not all(bool(torch.isfinite(t).all()) for t in aligned):
-            return self._skip_nonfinite(term, student_outs)
+        students, teachers = term.levels()
+        if not all(bool(torch.isfinite(t).all()) for t in teachers):
+            return self._skip_nonfinite(term, students)
         term.nonfinite_in_a_row = 0
-        total = 0.
-        parts: Dict[str, Tensor] = {}
-        for student, teacher in zip(student_outs, aligned):
-            weight = term.row_weight(student, data_samples)
-            loss, level_parts = term.loss(
-                student, teacher, weight, return_parts=True)
-            total = total + loss
-            for key, value in level_parts.items():
-                parts[key] = parts.get(key, 0.) + value
-        out = {f'loss_{term.name}': total}
-        out.update({f'{term.name}_{k}': v for k, v in parts.items()})
-        return out
+        return term.losses(students, teachers, data_samples,
+                           self.distill_weight)
 
     def _skip_nonfinite(self, term: DistillTerm,
                         student_outs: List[Tensor]) -> Dict[str, Tensor]:
@@ -280,5 +267,4 @@ class Distiller(BaseModel):
             f'{term.nonfinite_total} in total)',
             logger='current',
             level=logging.WARNING)
-        zero = student_outs[0].new_zeros((), dtype=torch.float32)
-        return {f'loss_{term.name}': zero}
+        return term.zero_loss(student_outs[0])

@@ -8,8 +8,10 @@ class Recorder:
     """Record what a module produces while recording is on.
 
     A module called several times in a step (a detection head's cls conv,
-    once per FPN level) yields one record per call, in call order. Records
-    are dropped when recording stops, so nothing is kept between steps.
+    once per FPN level) yields one record per call, in call order; each
+    record is the module's output as it is (a tensor, or a tuple of FPN
+    levels). Records are dropped when recording stops, so nothing is kept
+    between steps.
 
     Args:
         module (nn.Module): The module to hook.
@@ -29,8 +31,6 @@ class Recorder:
 
     def _on_output(self, module: nn.Module, args: tuple, output) -> None:
         if self.active:
-            if isinstance(output, (tuple, list)):
-                output = output[0]
             self.records.append(output)
 
     def _on_input(self, module: nn.Module, args: tuple) -> None:

@@ -1,5 +1,7 @@
-"""A distillation term: which student and teacher modules meet in which loss."""
-from typing import Optional
+"""A distillation term: which student and teacher modules meet in which loss,
+and what belongs only to that pair (a connector, a resize, an ignore mask).
+"""
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -14,12 +16,19 @@ _LOSS_NAMES = {'DISTLoss': 'dist', 'KDLoss': 'kd'}
 class DistillTerm(nn.Module):
     """One distillation term: a student module, a teacher module, a loss.
 
+    Each call of a module gives one output; an output that is a tuple or
+    list of tensors (an FPN ``neck``) gives one *level* per element. Student
+    and teacher levels pair up in order (FPN levels of a detection head's
+    cls conv, called once per level, or of a neck, called once), the loss
+    is computed per pair and summed.
+
     Args:
         student_module (str): Dotted path in the student
             (``bbox_head.retina_cls``, ``roi_head.bbox_head.fc_cls``,
-            ``decode_head.conv_seg``, ``head.fc``).
+            ``decode_head.conv_seg``, ``head.fc``, ``neck``).
         teacher_module (str): Dotted path in the teacher.
-        loss (dict): Loss config, e.g. ``dict(type='mmdist.DISTLoss')``.
+        loss (dict): Loss config, e.g. ``dict(type='mmdist.DISTLoss')`` or
+            ``dict(type='mmdist.FeatureMSELoss')``.
         name (str, optional): Log name; the loss is logged as
             ``loss_<name>`` and its parts as ``<name>_<part>``. Defaults to
             ``dist`` for DISTLoss and ``kd`` for KDLoss.
@@ -31,6 +40,12 @@ class DistillTerm(nn.Module):
             semantic label, resized (nearest) to the logits' size, equals
             this value (segmentation only). Defaults to None (keep all rows,
             as the paper did).
+        connector (dict, optional): A trainable module applied to each
+            student level before the loss, e.g.
+            ``dict(type='mmdist.ConvConnector', in_channels=256,
+            out_channels=256, num_levels=5)``. Its parameters belong to the
+            distiller (optimizer, DDP, training checkpoints), never to the
+            exported student.
     """
 
     def __init__(self,
@@ -39,7 +54,8 @@ class DistillTerm(nn.Module):
                  loss: dict,
                  name: Optional[str] = None,
                  resize_teacher: bool = False,
-                 ignore_index: Optional[int] = None) -> None:
+                 ignore_index: Optional[int] = None,
+                 connector: Optional[dict] = None) -> None:
         super().__init__()
         self.student_module = student_module
         self.teacher_module = teacher_module
@@ -49,6 +65,7 @@ class DistillTerm(nn.Module):
             type(self.loss).__name__.lower())
         self.resize_teacher = resize_teacher
         self.ignore_index = ignore_index
+        self.connector = MODELS.build(connector) if connector else None
         self.student_outputs: Optional[Recorder] = None
         self.teacher_outputs: Optional[Recorder] = None
         # Counted per term: a healthy term must not reset a broken one's.
@@ -87,3 +104,89 @@ class DistillTerm(nn.Module):
         labels = F.interpolate(
             labels.float(), size=logits.shape[2:], mode='nearest')
         return (labels[:, 0] != self.ignore_index).float()
+
+    # -- levels -----------------------------------------------------------
+    def _levels(self, records: list, side: str, path: str) -> List[Tensor]:
+        levels = []
+        for output in records:
+            items = output if isinstance(output, (tuple, list)) else [output]
+            for item in items:
+                if not isinstance(item, Tensor):
+                    raise TypeError(
+                        f'distillation term {self.name!r}: {side} {path} '
+                        f'returns {type(item).__name__}, not a tensor or a '
+                        'tuple/list of tensors; point the term at a module '
+                        'that returns logits or feature maps')
+                levels.append(item)
+        return levels
+
+    def levels(self) -> Tuple[List[Tensor], List[Tensor]]:
+        """The recorded student and teacher levels of this step, paired.
+
+        Raises:
+            RuntimeError: Naming both modules when the counts differ.
+        """
+        students = self._levels(self.student_outputs.records, 'student',
+                                self.student_module)
+        teachers = self._levels(self.teacher_outputs.records, 'teacher',
+                                self.teacher_module)
+        if not students or len(students) != len(teachers):
+            raise RuntimeError(
+                f'distillation term {self.name!r}: student '
+                f'{self.student_module} gave {len(students)} outputs but '
+                f'teacher {self.teacher_module} gave {len(teachers)} in this '
+                'step; they must pair up (e.g. one per FPN level on both '
+                'sides)')
+        return students, teachers
+
+    def connect(self, student: Tensor, level: int) -> Tensor:
+        """Apply the connector (if any) to one student level."""
+        if self.connector is None:
+            return student
+        connector = self.connector
+        levels = getattr(connector, 'num_levels', 1)
+        if levels > 1 and level >= levels:
+            raise ValueError(
+                f'distillation term {self.name!r}: student '
+                f'{self.student_module} gives more levels than the '
+                f'{levels} of its connector')
+        expected = getattr(connector, 'in_channels', None)
+        if expected is not None and (student.dim() < 2
+                                     or student.shape[1] != expected):
+            raise ValueError(
+                f'distillation term {self.name!r}: student '
+                f'{self.student_module} gives {student.shape[1]} channels '
+                f'(shape {tuple(student.shape)}) but its connector takes '
+                f'{expected}; teacher {self.teacher_module} is compared '
+                'after it')
+        return connector(student, level)
+
+    # -- loss -------------------------------------------------------------
+    def losses(self, students: List[Tensor], teachers: List[Tensor],
+               data_samples: Optional[list],
+               scale: float = 1.0) -> Dict[str, Tensor]:
+        """``loss_<name>`` summed over the levels (times ``scale``) and the
+        loss's logged parts ``<name>_<part>``."""
+        total = 0.
+        parts: Dict[str, Tensor] = {}
+        for level, (student, teacher) in enumerate(zip(students, teachers)):
+            student = self.connect(student, level)
+            teacher = self.align_teacher(student, teacher)
+            weight = self.row_weight(student, data_samples)
+            loss, level_parts = self.loss(
+                student, teacher, weight, return_parts=True)
+            total = total + loss
+            for key, value in level_parts.items():
+                parts[key] = parts.get(key, 0.) + value
+        out = {f'loss_{self.name}': total * scale}
+        out.update({f'{self.name}_{k}': v * scale for k, v in parts.items()})
+        return out
+
+    def zero_loss(self, reference: Tensor) -> Dict[str, Tensor]:
+        """A zero ``loss_<name>`` for a skipped step that still involves the
+        term's own parameters, so that DDP finds every parameter used."""
+        zero = reference.new_zeros((), dtype=torch.float32)
+        for param in self.parameters():
+            if param.requires_grad:
+                zero = zero + param.sum() * 0.
+        return {f'loss_{self.name}': zero}

@@ -104,6 +104,15 @@ def benchmark(name: str, runs: int, batch: int) -> dict:
     def distill_step():
         model.train_step(data, optim)
 
+    def stopped_step():
+        # distill_weight 0 (what DistillWeightHook sets after its stop):
+        # the teacher must not run, so this should cost a student step.
+        model.distill_weight = 0.0
+        try:
+            model.train_step(data, optim)
+        finally:
+            model.distill_weight = 1.0
+
     processed = model.data_preprocessor(data, True)
     inputs, samples = processed['inputs'], processed['data_samples']
 
@@ -124,17 +133,18 @@ def benchmark(name: str, runs: int, batch: int) -> dict:
         fn()
         return time.perf_counter() - start
 
-    # Interleaved, so that drifts of the machine hit all three alike.
-    times = dict(student=[], teacher_minimal=[], distill=[])
+    # Interleaved, so that drifts of the machine hit all of them alike.
+    times = dict(student=[], teacher_minimal=[], distill=[], stopped=[])
     for run in range(runs + 2):
         samples_ = (timed(student_step), teacher_minimal(),
-                    timed(distill_step))
+                    timed(distill_step), timed(stopped_step))
         if run >= 2:  # warm-up
             for key, value in zip(times, samples_):
                 times[key].append(value)
     result = {key: statistics.median(value) for key, value in times.items()}
     result['ratio'] = result['distill'] / (
         result['student'] + result['teacher_minimal'])
+    result['stopped_ratio'] = result['stopped'] / result['student']
     if name == 'two-stage':
         teacher_samples = [s.clone() for s in samples]
 
@@ -156,15 +166,20 @@ def main() -> None:
     print(f'training step on {torch.get_num_threads()} CPU threads, batch '
           f'{args.batch}, median of {args.runs} runs after a warm-up')
     print(f'{"pair":<10} {"student step":>13} {"teacher min":>12} '
-          f'{"distill step":>13} {"ratio":>7} {"teacher full":>13}')
+          f'{"distill step":>13} {"ratio":>7} {"stopped step":>13} '
+          f'{"ratio":>7} {"teacher full":>13}')
     for name in args.pairs:
         r = benchmark(name, args.runs, args.batch)
         full = (f'{1000 * r["teacher_full"]:10.0f} ms'
                 if 'teacher_full' in r else '')
         print(f'{name:<10} {1000 * r["student"]:10.0f} ms '
               f'{1000 * r["teacher_minimal"]:9.0f} ms '
-              f'{1000 * r["distill"]:10.0f} ms {r["ratio"]:7.3f} {full}')
-    print('ratio = distill step / (student step + teacher minimal forward)')
+              f'{1000 * r["distill"]:10.0f} ms {r["ratio"]:7.3f} '
+              f'{1000 * r["stopped"]:10.0f} ms {r["stopped_ratio"]:7.3f} '
+              f'{full}')
+    print('ratio = distill step / (student step + teacher minimal forward); '
+          'stopped = distillation stopped (distill_weight 0), ratio to the '
+          'student step')
 
 
 if __name__ == '__main__':

@@ -41,6 +41,9 @@ def main() -> None:
     loader = Runner.build_dataloader(cfg[f'{args.split}_dataloader'])
     result = measure_discrepancy(model, loader, args.max_batches)
     for name, stats in result.items():
+        if 'skipped' in stats:
+            print(f'{name}: skipped, {stats["skipped"]}')
+            continue
         print(f'{name}: KL(teacher || student) = {stats["kl"]:.4f}, '
               f'Pearson = {stats["pearson"]:.4f} over {stats["rows"]} rows')
     if args.json:
