@@ -8,11 +8,16 @@ several runs after a warm-up, the peak extra memory of each implementation
 (measured in its own fresh process), the ratios, and the relative difference
 of the values and gradients.
 
+``--policy cpu|gpu`` runs mmdist under that block policy (see
+:mod:`mmdist.losses.blocks`) whatever the device, e.g. the GPU policy's
+memory on a CPU; by default the device picks it.
+
 Usage:
     python tools/analysis/benchmark_loss.py [--device cpu|cuda] [--runs 7]
-        [--shapes dense seg]
+        [--shapes dense seg] [--policy cpu|gpu]
 """
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -40,6 +45,8 @@ def reference_dist(student, teacher, activation, num_classes, tau=1.0,
     """The published formulation, written with generic tensor ops (float32,
     or float64 for float64 inputs: the accuracy yardstick)."""
     def rows(x):
+        if x.dim() == 2:
+            return x
         if num_classes is not None:
             n, k = x.shape[:2]
             x = x.reshape(n, k // num_classes, num_classes, -1)
@@ -63,10 +70,16 @@ def reference_dist(student, teacher, activation, num_classes, tau=1.0,
     return tau**2 * (beta * inter + gamma * intra)
 
 
+# Block policy forced on mmdist (--policy); None: the device's own.
+POLICY = None
+
+
 def mmdist_dist(student, teacher, activation, num_classes):
     from mmdist.losses import DISTLoss
-    return DISTLoss(activation=activation, num_classes=num_classes)(student,
-                                                                    teacher)
+    from mmdist.losses.blocks import force_block_policy
+    loss = DISTLoss(activation=activation, num_classes=num_classes)
+    with (force_block_policy(POLICY) if POLICY else contextlib.nullcontext()):
+        return loss(student, teacher)
 
 
 IMPLEMENTATIONS = {'reference': reference_dist, 'mmdist': mmdist_dist}
@@ -98,6 +111,10 @@ def sync(device):
 def measure_memory(impl, shape_name, device):
     """Peak extra memory of one forward+backward, in this (fresh) process."""
     student, teacher, activation, num_classes = make_inputs(shape_name, device)
+    if impl == 'mmdist':
+        # Import before the baseline: the package's import (MMEngine and
+        # friends, ~90 MB resident) is not the loss's memory.
+        import mmdist.losses  # noqa: F401
     if device == 'cuda':
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -125,9 +142,10 @@ def _status_kib(field):
 
 
 def memory_in_subprocess(impl, shape_name, device):
+    policy = ['--policy', POLICY] if POLICY else []
     out = subprocess.run(
         [sys.executable, __file__, '--memory-child', impl, shape_name,
-         '--device', device],
+         '--device', device] + policy,
         check=True, capture_output=True, text=True,
         env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
     return json.loads(out.stdout.strip().splitlines()[-1])['bytes']
@@ -181,18 +199,24 @@ def main():
     parser.add_argument('--runs', type=int, default=7)
     parser.add_argument('--shapes', nargs='+', default=list(SHAPES),
                         choices=list(SHAPES))
+    parser.add_argument('--policy', choices=['cpu', 'gpu'],
+                        help="mmdist's block policy (default: the device's)")
     parser.add_argument('--json', help='also write the results here')
     parser.add_argument('--memory-child', nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global POLICY
+    POLICY = args.policy
     if args.memory_child:
         impl, shape_name = args.memory_child
         print(json.dumps(dict(bytes=measure_memory(impl, shape_name,
                                                    args.device))))
         return
 
+    policy = args.policy or ('cpu' if args.device == 'cpu' else 'gpu')
     print(f'DISTLoss forward+backward on {args.device} '
           f'(torch {torch.__version__}, {torch.get_num_threads()} threads), '
-          f'median of {args.runs} runs after a warm-up')
+          f'mmdist block policy {policy!r}, median of {args.runs} runs after '
+          'a warm-up')
     header = (f'{"shape":<40} {"reference":>18} {"mmdist":>18} '
               f'{"speed-up":>9} {"memory":>8} {"value diff":>11} '
               f'{"grad diff":>10}')
