@@ -51,27 +51,39 @@ class ToyMetric(BaseMetric):
         return dict(mae=float(np.mean(results)))
 
 
-def make_runner(work_dir, max_iters, **kwargs):
+def toy_runner(work_dir, train_cfg, checkpoint, shuffle=False, batch_size=4,
+               optimizer=None, **kwargs):
+    """A Runner that trains, validates and tests the toy model."""
+    import time
     loader = dict(
         dataset=ToyData(),
-        sampler=dict(type='DefaultSampler', shuffle=False),
-        batch_size=4,
+        sampler=dict(type='DefaultSampler', shuffle=shuffle),
+        batch_size=batch_size,
         num_workers=0)
     return Runner(
         model=ToyModel(),
         work_dir=str(work_dir),
         train_dataloader=loader,
-        train_cfg=dict(by_epoch=False, max_iters=max_iters, val_interval=100),
+        train_cfg=train_cfg,
+        val_dataloader=loader,
+        val_cfg=dict(),
+        val_evaluator=[ToyMetric()],
         test_dataloader=loader,
         test_cfg=dict(),
-        test_evaluator=ToyMetric(),
-        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1)),
-        default_hooks=dict(
-            checkpoint=dict(
-                type='CheckpointHook', interval=2, by_epoch=False)),
+        test_evaluator=[ToyMetric()],
+        optim_wrapper=dict(
+            optimizer=optimizer or dict(type='SGD', lr=0.1)),
+        default_hooks=dict(checkpoint=checkpoint),
         randomness=dict(seed=0),
-        experiment_name=f'toy_{max_iters}_{kwargs.get("resume", False)}',
+        experiment_name=f'toy_{time.time_ns()}',
         **kwargs)
+
+
+def make_runner(work_dir, max_iters, **kwargs):
+    return toy_runner(
+        work_dir,
+        dict(by_epoch=False, max_iters=max_iters, val_interval=100),
+        dict(type='CheckpointHook', interval=2, by_epoch=False), **kwargs)
 
 
 def test_runner_checkpoint_resumes_and_tests(tmp_path):

@@ -13,7 +13,7 @@ from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from mmdist.engine import cpu_launch_config
+from mmdist.engine import cpu_launch_config, enable_fault_tolerance
 from mmdist.utils import resolve_teacher_paths
 from mmdist.utils.workdir import check_work_dir
 
@@ -29,8 +29,8 @@ def parse_args() -> argparse.Namespace:
         help='scale the learning rate by the actual batch size')
     parser.add_argument(
         '--resume', nargs='?', type=str, const='auto',
-        help='resume from this checkpoint, or from the latest one in the '
-        'work_dir when no path is given')
+        help='resume from this checkpoint, or, when no path is given, from '
+        'the newest checkpoint in the work_dir that loads')
     parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction,
         help='override config settings, e.g. key=value')
@@ -78,6 +78,9 @@ def main() -> None:
         cfg.load_from = args.resume
     if args.launcher == 'pytorch':
         cpu_launch_config(cfg)
+    # Atomic checkpoints, SIGTERM -> checkpoint and exit 143 (see
+    # mmdist.engine.PreemptionHook), resume inside an epoch.
+    enable_fault_tolerance(cfg)
 
     runner = (Runner.from_cfg(cfg)
               if 'runner_type' not in cfg else RUNNERS.build(cfg))
