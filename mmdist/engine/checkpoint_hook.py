@@ -1,4 +1,5 @@
 """A CheckpointHook whose checkpoints survive a kill at any moment."""
+import contextlib
 import os
 import os.path as osp
 from typing import Optional
@@ -40,11 +41,15 @@ class SafeCheckpointHook(CheckpointHook):
       :class:`CheckpointWriteError` naming the file; the previous checkpoint
       and pointer are unchanged;
     - with ``resume=True`` and no ``load_from``, the run resumes from the
-      newest checkpoint that loads when ``last_checkpoint`` names a missing
-      or unreadable file, and logs each file it skips and why;
+      newest checkpoint that loads (``best_*`` files are no candidates),
+      also when ``last_checkpoint`` names a missing, unreadable or older
+      file, and logs each file it passes over and why;
     - temporary files left by a killed writer are removed at the start;
     - :meth:`save_now` saves the state reached so far, for
       :class:`mmdist.engine.PreemptionHook`.
+
+    Args:
+        *args, **kwargs: Those of :class:`mmengine.hooks.CheckpointHook`.
     """
 
     def __init__(self, *args, **kwargs) -> None:
@@ -85,7 +90,8 @@ class SafeCheckpointHook(CheckpointHook):
                     runner.logger.warning(
                         f'Removing {path}, the unfinished write of a '
                         'process that was killed')
-                    os.remove(path)
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(path)
 
     def _final_out_dir(self, runner) -> str:
         """``out_dir`` as ``CheckpointHook.before_train`` will resolve it."""
