@@ -13,6 +13,6 @@ register_config_package()
 install_safe_checkpoint_loading()
 
 from . import distillers, engine, losses  # noqa: E402,F401
-from .registry import MODEL_WRAPPERS, MODELS  # noqa: E402,F401
+from .registry import HOOKS, LOOPS, MODEL_WRAPPERS, MODELS  # noqa: E402,F401
 
-__all__ = ['__version__', 'MODELS', 'MODEL_WRAPPERS']
+__all__ = ['__version__', 'MODELS', 'MODEL_WRAPPERS', 'HOOKS', 'LOOPS']

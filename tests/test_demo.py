@@ -59,6 +59,9 @@ def test_demo_pipeline_tiny(tmp_path):
             assert -1 <= results[variant]['pearson'] <= 1
         assert results['dist']['losses']['loss_dist']
         assert results['kd']['losses']['loss_kd']
+        # Validation points at the iteration they were measured at.
+        steps = [step for step, _ in results['dist']['curve']]
+        assert steps and steps[-1] == 2, (task, steps)
         for plot in report[task]['plots']:
             assert (work / plot.split('/')[-1]).stat().st_size > 1000
     assert (work / 'report.md').read_text().count('| teacher |') == 2

@@ -88,7 +88,9 @@ optim_wrapper = dict(
     optimizer=dict(type='AdamW', lr=2e-3, weight_decay=0.05),
     clip_grad=dict(max_norm=10, norm_type=2))
 default_hooks = dict(
-    logger=dict(type='LoggerHook', interval=20),
+    # Validation metrics at their iteration, not at epoch 0 of an
+    # iteration-based run.
+    logger=dict(type='LoggerHook', interval=20, log_metric_by_epoch=False),
     checkpoint=dict(type='CheckpointHook', interval=300, by_epoch=False,
                     max_keep_ckpts=1))
 log_processor = dict(by_epoch=False)

@@ -1,10 +1,11 @@
 from .checkpoint_hook import CheckpointWriteError, SafeCheckpointHook
 from .ddp import CPUCompatibleDDP, cpu_launch_config
+from .distill_schedule import DistillWeightHook
 from .fault_tolerance import enable_fault_tolerance
 from .loops import ResumableEpochBasedTrainLoop
 from .preemption import PREEMPTED_EXIT_CODE, PreemptionHook, TrainingPreempted
 
-__all__ = ['CPUCompatibleDDP', 'cpu_launch_config']
+__all__ = ['CPUCompatibleDDP', 'cpu_launch_config', 'DistillWeightHook']
 __all__ += [
     'SafeCheckpointHook', 'CheckpointWriteError', 'PreemptionHook',
     'PREEMPTED_EXIT_CODE', 'TrainingPreempted',

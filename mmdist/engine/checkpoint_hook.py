@@ -10,7 +10,7 @@ from mmengine.runner import EpochBasedTrainLoop
 
 from mmdist.utils.atomic_io import atomic_write_text, temp_files
 from .file_backend import atomic_backend_args
-from .registry import HOOKS
+from mmdist.registry import HOOKS
 from .resume import POINTER, find_resume_checkpoint, template_regex
 
 # Name of a checkpoint written in the middle of an epoch (on SIGTERM) by an

@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
-from .registry import HOOKS
+from mmdist.registry import HOOKS
 
 SCHEDULES = ('constant', 'linear', 'cosine', 'step')
 

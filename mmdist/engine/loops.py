@@ -5,7 +5,7 @@ from typing import Iterable, Iterator, List
 from mmengine.runner import EpochBasedTrainLoop
 from torch.utils.data import DataLoader
 
-from .registry import LOOPS
+from mmdist.registry import LOOPS
 
 # Runtime info recording the loader length, so a resumed run can tell
 # whether the iteration count still maps onto its epochs.

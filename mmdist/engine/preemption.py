@@ -16,7 +16,7 @@ from mmengine.runner import EpochBasedTrainLoop
 from .checkpoint_hook import SafeCheckpointHook
 from .loader_workers import LoaderWorkerGuard
 from .loops import ResumableEpochBasedTrainLoop
-from .registry import HOOKS
+from mmdist.registry import HOOKS
 
 #: Exit code after a handled SIGTERM (checkpoint saved): 128 + SIGTERM, the
 #: code shells and schedulers already read as "stopped by SIGTERM", so
