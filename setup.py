@@ -17,11 +17,15 @@ def read_version() -> str:
 
 
 def add_mim_extension() -> None:
-    """Ship configs/ and tools/ as ``mmdist/.mim/{configs,tools}``.
+    """Ship configs/ and tools/ as ``mmdist/.mim/{configs,tools}`` and
+    configs/model-index.yml as ``mmdist/.mim/model-index.yml``.
 
     MMEngine resolves ``mmdist::<path>`` to ``<package dir>/.mim/configs/<path>``
-    (as for ``mmdet::``). Editable installs link to the source folders so
-    edits show at once; other builds copy them into the package.
+    (as for ``mmdet::``), reading ``.mim/model-index.yml`` and the metafiles
+    it imports first; ``mim search/train/test mmdist`` read the same index
+    and run ``.mim/tools/{train,test}.py``. Editable installs link to the
+    source folders so edits show at once; other builds copy them into the
+    package (and the wheel carries them as package data).
     """
     editable = any(cmd in sys.argv
                    for cmd in ('develop', 'editable_wheel', 'dist_info'))
@@ -40,7 +44,10 @@ def add_mim_extension() -> None:
         if editable:
             os.symlink(osp.relpath(src, mim), dst)
         elif osp.isdir(src):
-            shutil.copytree(src, dst)
+            shutil.copytree(
+                src,
+                dst,
+                ignore=shutil.ignore_patterns('__pycache__', '*.pyc'))
         else:
             shutil.copyfile(src, dst)
 
@@ -62,6 +69,7 @@ if __name__ == '__main__':
             'mmdist':
             ['.mim/configs/**/*', '.mim/tools/**/*', '.mim/model-index.yml']
         },
+        exclude_package_data={'mmdist': ['.mim/**/__pycache__/*']},
         python_requires='>=3.8',
         install_requires=[
             'torch>=2.0',
@@ -77,5 +85,8 @@ if __name__ == '__main__':
         ],
         extras_require={
             'tests': ['pytest', 'pytest-timeout', 'pycocotools'],
+            # openmim pulls openxlab, some versions of which pin an old
+            # setuptools: keep setuptools' bounds in the same install.
+            'mim': ['openmim', 'setuptools>=77,<81'],
         },
         zip_safe=False)

@@ -53,8 +53,8 @@ def test_teacher_from_a_relative_config_path(monkeypatch, tmp_path):
 
 def test_teacher_from_an_mmdist_config_path():
     cfg = load_offline(
-        'mmpretrain/resnet50_to_resnet18_8xb16_cifar100_dist.py')
-    cfg.model.teacher = 'mmdist::mmpretrain/resnet18_8xb16_cifar100.py'
+        'mmpretrain/resnet50_to_resnet18_1xb64_cifar100_dist.py')
+    cfg.model.teacher = 'mmdist::mmpretrain/resnet18_1xb64_cifar100.py'
     model = build(cfg)
     assert model.teacher.backbone.depth == 18
 
@@ -117,7 +117,7 @@ def _teacher_answering(model, labels_of_batch):
 
 
 def _cls_model(iters):
-    cfg = load_offline('mmpretrain/resnet50_to_resnet18_8xb16_cifar100_dist.py')
+    cfg = load_offline('mmpretrain/resnet50_to_resnet18_1xb64_cifar100_dist.py')
     cfg.model.teacher_check_iters = iters
     return build(cfg)
 
@@ -173,7 +173,7 @@ def test_detection_is_not_checked():
 
 def test_predict_with_teacher_runs_the_renormalised_teacher():
     from helpers import cls_batch
-    cfg = load_offline('mmpretrain/resnet50_to_resnet18_8xb16_cifar100_dist.py')
+    cfg = load_offline('mmpretrain/resnet50_to_resnet18_1xb64_cifar100_dist.py')
     cfg.model.predict_with = 'teacher'
     model = build(cfg).eval()
     batch = cls_batch(100, size=32, batch=2)

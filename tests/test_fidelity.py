@@ -194,7 +194,7 @@ CAFFE_SEG = dict(type='SegDataPreProcessor', mean=[103.53, 116.28, 123.675],
 
 @pytest.mark.parametrize('path,teacher_pp', [
     ('mmdet/retinanet_x101-64x4d_to_r50_fpn_2x_coco_dist.py', CAFFE_DET),
-    ('mmpretrain/resnet50_to_resnet18_8xb16_cifar100_dist.py', RAW_BGR_CLS),
+    ('mmpretrain/resnet50_to_resnet18_1xb64_cifar100_dist.py', RAW_BGR_CLS),
     ('mmseg/deeplabv3_r101-d8_to_pspnet_r18-d8_4xb2-80k_cityscapes-'
      '512x1024_dist.py', CAFFE_SEG),
 ])
@@ -215,7 +215,7 @@ def test_student_without_normalisation_teacher_with(tmp_path):
 
 @pytest.mark.parametrize('path', [
     'mmpretrain/resnet34_to_resnet18_8xb32_in1k_dist.py',
-    'mmpretrain/resnet50_to_resnet18_8xb16_cifar100_dist.py'
+    'mmpretrain/resnet50_to_resnet18_1xb64_cifar100_dist.py'
 ])
 def test_classifiers_normalise_as_their_configs_declare(path):
     """MMPretrain keeps the normalisation at the top level of its configs;

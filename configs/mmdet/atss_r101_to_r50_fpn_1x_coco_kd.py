@@ -1,4 +1,5 @@
-# Vanilla KD sibling of atss_r101_to_r50_fpn_1x_coco_dist.py.
+# Vanilla KD sibling of atss_r101_to_r50_fpn_1x_coco_dist.py: identical but
+# for the loss. Paper row: none ("not reported").
 _base_ = './atss_r101_to_r50_fpn_1x_coco_dist.py'
 
 model = dict(distill_terms=[

@@ -1,7 +1,7 @@
 # DIST + feature mimicking: Cascade Mask R-CNN ResNeXt-101-64x4d 20e
-# (45.6 box AP) -> Faster R-CNN R50-FPN, 2x. Reproduces the authors' best
-# Faster R-CNN row: 38.4 (student alone) -> 40.4 (DIST) -> 41.8 box AP
-# (DIST + mimic), from their `dist+mimic` detection configs:
+# (45.6 box AP) -> Faster R-CNN R50-FPN, 2x. Paper row (COCO val box AP),
+# the authors' best Faster R-CNN row: 38.4 (student alone) -> 40.4 (DIST)
+# -> 41.8 (DIST + mimic), from their `dist+mimic` detection configs:
 # - the DIST term of the sibling config (the teacher's first cascade stage
 #   scores the student's sampled RoIs; softmax over 80 classes + background);
 # - every FPN level of the neck (5 levels, 256 channels) mimicked with MSE
@@ -10,6 +10,8 @@
 #   (no normalisation, PyTorch's default initialisation);
 # - 2x schedule, SGD lr 0.02 for 16 images (8 GPUs x 2), as MMDet's 2x.
 # The teacher runs once per step: backbone, neck and its first box head.
+# Teacher and student as in the sibling `_dist` config (MMDet zoo models
+# with the paper's numbers). Deliberate differences: none known.
 _base_ = './cascade-mask-rcnn_x101-64x4d_to_faster-rcnn_r50_fpn_2x_coco_dist.py'
 
 model = dict(distill_terms=[

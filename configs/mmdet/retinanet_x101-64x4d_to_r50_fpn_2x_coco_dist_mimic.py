@@ -1,7 +1,7 @@
 # DIST + feature mimicking: RetinaNet ResNeXt-101-64x4d (41.0 box AP) ->
-# RetinaNet R50, 2x. Reproduces the authors' best RetinaNet row: 37.4
-# (student alone) -> 39.8 (DIST) -> 40.1 box AP (DIST + mimic), from their
-# `dist+mimic` detection configs:
+# RetinaNet R50, 2x. Paper row (COCO val box AP), the authors' best
+# RetinaNet row: 37.4 (student alone) -> 39.8 (DIST) -> 40.1 (DIST + mimic),
+# from their `dist+mimic` detection configs:
 # - the DIST term of the sibling config (sigmoid, all 9 x 80 channels of a
 #   position one row, one loss per FPN level, summed);
 # - every FPN level of the neck (5 levels, 256 channels) mimicked with MSE
@@ -10,6 +10,8 @@
 #   (no normalisation, PyTorch's default initialisation);
 # - 2x schedule, SGD lr 0.01 for 16 images (8 GPUs x 2), as MMDet's 2x.
 # The teacher runs once per step: backbone, neck and its head.
+# Teacher and student as in the sibling `_dist` config (MMDet zoo models
+# with the paper's numbers). Deliberate differences: none known.
 _base_ = './retinanet_x101-64x4d_to_r50_fpn_2x_coco_dist.py'
 
 model = dict(distill_terms=[

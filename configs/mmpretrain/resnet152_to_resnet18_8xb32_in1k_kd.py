@@ -1,5 +1,7 @@
-# Vanilla KD sibling of resnet152_to_resnet18_8xb32_in1k_dist.py (KD at tau=4, as the paper
-# compared): identical but for the loss.
+# Vanilla KD sibling of resnet152_to_resnet18_8xb32_in1k_dist.py (KD at
+# tau = 4, as the paper compared): identical but for the loss.
+# Paper row: ResNet-152 -> ResNet-18 KD, 71.12 top-1 (student alone 69.76;
+# as listed in the authors' repository README).
 _base_ = './resnet152_to_resnet18_8xb32_in1k_dist.py'
 
 model = dict(distill_terms=[

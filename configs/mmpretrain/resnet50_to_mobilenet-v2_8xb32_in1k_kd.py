@@ -1,5 +1,6 @@
-# Vanilla KD sibling of resnet50_to_mobilenet-v2_8xb32_in1k_dist.py (KD at tau=4, as the paper
-# compared): identical but for the loss.
+# Vanilla KD sibling of resnet50_to_mobilenet-v2_8xb32_in1k_dist.py (KD at
+# tau = 4, as the paper compared): identical but for the loss.
+# Paper row: none ("not reported"); see the DIST config.
 _base_ = './resnet50_to_mobilenet-v2_8xb32_in1k_dist.py'
 
 model = dict(distill_terms=[

@@ -1,4 +1,6 @@
-# Vanilla KD sibling of segformer_mit-b2_to_deeplabv3_r18-d8_4xb2-80k_cityscapes-512x1024_dist.py: identical but for the loss.
+# Vanilla KD sibling of
+# segformer_mit-b2_to_deeplabv3_r18-d8_4xb2-80k_cityscapes-512x1024_dist.py:
+# identical but for the loss. Paper row: none ("not reported").
 _base_ = './segformer_mit-b2_to_deeplabv3_r18-d8_4xb2-80k_cityscapes-512x1024_dist.py'
 
 model = dict(distill_terms=[
