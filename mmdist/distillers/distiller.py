@@ -241,8 +241,19 @@ class Distiller(BaseModel):
 
     def _term_losses(self, term: DistillTerm,
                      data_samples: Optional[list]) -> Dict[str, Tensor]:
+        """One term's losses, or its skip when a teacher output is not
+        finite (decided by all ranks together for a loss that syncs)."""
         students, teachers = term.levels()
-        if not all(bool(torch.isfinite(t).all()) for t in teachers):
+        finite = all(bool(torch.isfinite(t).all()) for t in teachers)
+        dist = torch.distributed
+        if (getattr(term.loss, 'sync', False) and dist.is_available()
+                and dist.is_initialized() and dist.get_world_size() > 1):
+            # The loss runs collectives: a rank skipping it alone would
+            # leave the others waiting, so all skip if any must.
+            flag = students[0].new_tensor(float(finite), dtype=torch.float32)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            finite = bool(flag)
+        if not finite:
             return self._skip_nonfinite(term, students)
         term.nonfinite_in_a_row = 0
         return term.losses(students, teachers, data_samples,

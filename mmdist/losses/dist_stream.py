@@ -14,11 +14,21 @@ coefficient is ~``1 / eps**2`` and the second form cancels into noise. A
 column whose values are all equal (a batch of one, a single weighted row)
 has exactly zero spread and passes exactly no gradient.
 
+With ``world > 1`` (``DISTLoss(sync=True)`` under a process group) both
+terms are those of the global batch, every process's rows together: two
+all-reduces per call, one of the column sums of the first blocks and the
+row totals (the shift common to all ranks, ``2 * C + 2`` float64 numbers),
+one of the column statistics around it and the inter-class numerator
+(``5 * C + 1``). Backward needs no collective: each rank writes the global
+loss's gradient for its own rows, times ``world`` because DDP averages the
+ranks' gradients.
+
 See :mod:`mmdist.losses.dist` for the formula and the row weights.
 """
 from typing import List, NamedTuple, Optional, Tuple
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from .blocks import block_elements, split_blocks
@@ -57,6 +67,69 @@ def _column_means(y: Tensor, w: Optional[Tensor]) -> Tensor:
     if w is None:
         return y.mean(dim=(0, 2), keepdim=True)
     return (_column_sums(y * w) / w.sum()).view(1, -1, 1)
+
+
+def sync_world_size(sync: bool) -> int:
+    """Number of processes the DIST statistics are summed over.
+
+    Args:
+        sync (bool): Whether global-batch statistics are asked for.
+
+    Returns:
+        int: The default process group's size with ``sync`` under an
+        initialised group, else 1 (per-process statistics).
+    """
+    if not sync or not dist.is_available() or not dist.is_initialized():
+        return 1
+    return dist.get_world_size()
+
+
+def _common_shifts(
+    firsts: Optional[Tuple[Tensor, Tensor]], w: Optional[Tensor],
+    local_total: float, c: int, device: torch.device, dtype: torch.dtype
+) -> Tuple[Optional[Tuple[Tensor, Tensor]], float]:
+    """Column shifts common to all ranks, and the global row total.
+
+    The shift is the (weighted) column mean of every rank's first block
+    together: close to the global column means, as the per-rank shift is to
+    the local ones (no cancellation in the variance), and equal to the value
+    of a column whose weighted values are all equal (zero spread stays
+    exactly zero). All ranks get bitwise the same shift from the same
+    all-reduce.
+
+    Args:
+        firsts (tuple[Tensor, Tensor], optional): Student and teacher
+            activations of this rank's first block (one with a weighted
+            row); ``None`` when this rank's total is 0.
+        w (Tensor, optional): That block's row weights ``(g, 1, p)``.
+        local_total (float): This rank's row or weight total.
+        c (int): Columns.
+        device (torch.device): Device of the statistics.
+        dtype (torch.dtype): Dtype of the blocks.
+
+    Returns:
+        tuple: ``(shift_s, shift_t)`` shaped ``(1, C, 1)`` in ``dtype``
+        (``None`` when the global total is 0), and the global total.
+    """
+    # [column sums of s, of t, the first blocks' weight, the row total]
+    buf = torch.zeros(2 * c + 2, dtype=torch.float64, device=device)
+    if firsts is not None:
+        ys, yt = firsts
+        if w is None:
+            buf[:c] = _column_sums(ys).double()
+            buf[c:2 * c] = _column_sums(yt).double()
+            buf[2 * c] = ys.shape[0] * ys.shape[2]
+        else:
+            buf[:c] = _column_sums(ys * w).double()
+            buf[c:2 * c] = _column_sums(yt * w).double()
+            buf[2 * c] = w.double().sum()
+        buf[2 * c + 1] = local_total
+    dist.all_reduce(buf)
+    total = float(buf[2 * c + 1])
+    if total <= 0:
+        return None, total
+    means = (buf[:2 * c] / buf[2 * c]).to(dtype).view(2, 1, c, 1)
+    return (means[0], means[1]), total
 
 
 def _weighted_first(blocks: List[Tuple[slice, slice]],
@@ -166,13 +239,15 @@ class DISTTerms(torch.autograd.Function):
     student's gradient analytically into the kept activations' storage and
     returns it, so the whole loss costs about one logits-sized tensor.
     Block temporaries live in the per-block helpers, so at most one block's
-    are alive at a time.
+    are alive at a time. Its last input, ``world``, is 1 for per-process
+    statistics or the size of the default process group whose rows it
+    computes the terms over (see :func:`sync_world_size`).
     """
 
     @staticmethod
     def forward(ctx, student: Tensor, teacher: Tensor,
                 weight: Optional[Tensor], activation: str, tau: float,
-                eps: float) -> Tuple[Tensor, Tensor]:
+                eps: float, world: int = 1) -> Tuple[Tensor, Tensor]:
         g, c, p = student.shape
         device = student.device
         # float32 at least (half inputs), float64 kept for gradcheck.
@@ -180,14 +255,31 @@ class DISTTerms(torch.autograd.Function):
         blocks = split_blocks((g, c, p), block_elements(device, dtype))
         total = float(g * p if weight is None else weight.double().sum())
         ctx.activation, ctx.tau, ctx.dtype = activation, tau, dtype
+        ctx.world = world
+        if weight is not None:
+            if total > 0:
+                blocks = _weighted_first(blocks, weight)
+            weight = weight.view(g, 1, p)
+        # With sync, the first block is activated before the loop (its
+        # column sums make the common shift) and reused by it.
+        firsts, first_w, shifts = None, None, None
+        if world > 1:
+            if total > 0:
+                gs, ps = blocks[0]
+                firsts = (_activate(student[gs, :, ps], activation, tau,
+                                    dtype),
+                          _activate(teacher[gs, :, ps], activation, tau,
+                                    dtype))
+                first_w = None if weight is None else weight[gs, :, ps]
+            # Every rank takes part, an empty one too; afterwards all agree
+            # on the global total, hence on the path below.
+            shifts, total = _common_shifts(firsts, first_w, total, c, device,
+                                           dtype)
         ctx.empty = total <= 0
         if ctx.empty:
             ctx.save_for_backward(student)
             zero = student.new_zeros((), dtype=dtype)
             return zero, zero.clone()
-        if weight is not None:
-            blocks = _weighted_first(blocks, weight)
-            weight = weight.view(g, 1, p)
         # The backward pass recomputes the teacher's activations over the
         # same blocks, so they are bitwise the forward's.
         ctx.blocks, ctx.total = blocks, total
@@ -197,14 +289,17 @@ class DISTTerms(torch.autograd.Function):
         row_norm_s = torch.empty_like(row_dot)
         row_norm_t = torch.empty_like(row_dot)
         # Column sums of the values shifted by the first block's column
-        # means (avoids cancellation in the variance), in float64.
+        # means (avoids cancellation in the variance), in float64; with sync
+        # by the shift common to all ranks.
         sums = torch.zeros(5, c, dtype=torch.float64, device=device)
-        shifts = None
         for gs, ps in blocks:
-            ys = _activate(student[gs, :, ps], activation, tau, dtype)
+            if firsts is not None:
+                (ys, yt), firsts = firsts, None
+            else:
+                ys = _activate(student[gs, :, ps], activation, tau, dtype)
+                yt = _activate(teacher[gs, :, ps], activation, tau, dtype)
             y_student[gs, :, ps] = ys
             w = None if weight is None else weight[gs, :, ps]
-            yt = _activate(teacher[gs, :, ps], activation, tau, dtype)
             if shifts is None:
                 shifts = _column_means(ys, w), _column_means(yt, w)
             rows = row_dot[gs, ps], row_norm_s[gs, ps], row_norm_t[gs, ps]
@@ -220,7 +315,14 @@ class DISTTerms(torch.autograd.Function):
         row_loss = 1.0 - row_rho.double()
         if weight is not None:
             row_loss = row_loss * weight.view(g, p)
-        inter = (row_loss.sum() / total).to(dtype)
+        inter_sum = row_loss.sum()
+        if world > 1:
+            # The global batch's column sums (all around the common shift)
+            # and inter-class numerator; total is already global.
+            buf = torch.cat([sums.view(-1), inter_sum.view(1)])
+            dist.all_reduce(buf)
+            sums, inter_sum = buf[:-1].view(5, c), buf[-1]
+        inter = (inter_sum / total).to(dtype)
 
         # Intra-class: one Pearson correlation per column. Student and
         # teacher stacked as (2, C): means, spreads (the centred norms).
@@ -257,7 +359,8 @@ class DISTTerms(torch.autograd.Function):
     def backward(ctx, grad_inter: Tensor, grad_intra: Tensor):
         if ctx.empty:
             (student, ) = ctx.saved_tensors
-            return torch.zeros_like(student), None, None, None, None, None
+            return (torch.zeros_like(student), None, None, None, None, None,
+                    None)
         (student, teacher, weight, row_a, row_b, col_a, col_b, his,
          los) = ctx.saved_tensors
         activation, tau, dtype = ctx.activation, ctx.tau, ctx.dtype
@@ -273,8 +376,14 @@ class DISTTerms(torch.autograd.Function):
         #   dY = -gi * w / W * (a_r * u_t - b_r * u_s)
         #        -gc * w / C * (a_c * u_t - b_c * u_s)
         # 1 / tau (the activation's inner derivative) is folded in too.
+        # With sync, total is the global one and the gradient is the global
+        # loss's for this rank's rows, times the world size: DDP divides the
+        # ranks' summed gradients by it.
         scale_inter = grad_inter.to(dtype) / (ctx.total * tau)
         scale_intra = grad_intra.double() / (c * tau)
+        if ctx.world > 1:
+            scale_inter, scale_intra = (scale_inter * ctx.world,
+                                        scale_intra * ctx.world)
         col_a = -scale_intra * col_a
         col_b = scale_intra * col_b
         his = his.view(2, 1, c, 1)
@@ -299,4 +408,4 @@ class DISTTerms(torch.autograd.Function):
             if not in_place:
                 grad[gs, :, ps] = block
             del ys, block  # before the next block's are made
-        return grad, None, None, None, None, None
+        return grad, None, None, None, None, None, None
