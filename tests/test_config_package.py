@@ -30,3 +30,13 @@ def test_package_ships_configs_and_tools():
     assert osp.isdir(osp.join(root, '.mim', 'configs', 'mmdet'))
     assert osp.isfile(osp.join(root, '.mim', 'model-index.yml'))
     assert osp.isfile(osp.join(root, '.mim', 'tools', 'train.py'))
+
+
+def test_mmengine_hub_resolves_mmdist_configs():
+    """mmengine.hub.get_config looks the package up through its own import
+    of get_installed_path; it must find mmdist's configs too (also with the
+    editable install)."""
+    from mmengine.hub import get_config
+    cfg = get_config(
+        'mmdist::mmdet/retinanet_x101-64x4d_to_r50_fpn_2x_coco_dist.py')
+    assert cfg.model.type == 'mmdist.Distiller'

@@ -1,6 +1,7 @@
 """Let MMEngine resolve ``mmdist::<path under configs>`` like ``mmdet::``."""
 import os.path as osp
 
+from mmengine import hub as hub_module
 from mmengine.config import config as config_module
 from mmengine.config import utils as config_utils
 
@@ -27,4 +28,7 @@ def register_config_package() -> None:
         return original(package)
 
     get_installed_path._mmdist = True
+    # Both modules bound the function at import: patch both lookups
+    # (Config.fromfile and mmengine.hub.get_config / get_model).
     config_module.get_installed_path = get_installed_path
+    hub_module.hub.get_installed_path = get_installed_path
