@@ -12,6 +12,11 @@ of the values and gradients.
 :mod:`mmdist.losses.blocks`) whatever the device, e.g. the GPU policy's
 memory on a CPU; by default the device picks it.
 
+On CUDA the times come from CUDA events and the memory from
+``torch.cuda.max_memory_allocated``. :func:`time_steps` and
+:func:`peak_extra_bytes` are shared with ``gpu_check.py``, the prepared GPU
+check built on this script.
+
 Usage:
     python tools/analysis/benchmark_loss.py [--device cpu|cuda] [--runs 7]
         [--shapes dense seg] [--policy cpu|gpu]
@@ -104,8 +109,79 @@ def step(impl, student, teacher, activation, num_classes):
 
 
 def sync(device):
-    if device == 'cuda':
+    if torch.device(device).type == 'cuda':
         torch.cuda.synchronize()
+
+
+def time_steps(steps, device, runs, warmup=1):
+    """Time each callable of ``steps`` ``runs`` times, interleaved.
+
+    Every callable runs ``warmup`` times first; then each round runs all of
+    them once, in turn, so that they share the machine's state. On CUDA a
+    pair of CUDA events brackets each call (the GPU idle before it, so the
+    time includes the host's launches when the GPU waits on them);
+    elsewhere ``time.perf_counter``.
+
+    Args:
+        steps (dict[str, callable]): Name to a callable of no arguments.
+        device (str | torch.device): Where the callables compute.
+        runs (int): Timed calls of each.
+        warmup (int): Untimed calls of each before.
+
+    Returns:
+        dict[str, list[float]]: Name to its ``runs`` times in milliseconds.
+    """
+    cuda = torch.device(device).type == 'cuda'
+    for fn in steps.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in steps}
+    events = {name: [] for name in steps}
+    for _ in range(runs):
+        for name, fn in steps.items():
+            sync(device)
+            if cuda:
+                start = torch.cuda.Event(enable_timing=True)
+                end = torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                events[name].append((start, end))
+            else:
+                begin = time.perf_counter()
+                fn()
+                times[name].append(1000 * (time.perf_counter() - begin))
+    if cuda:
+        torch.cuda.synchronize()
+        times = {
+            name: [start.elapsed_time(end) for start, end in pairs]
+            for name, pairs in events.items()
+        }
+    return times
+
+
+def peak_extra_bytes(fn, device):
+    """Peak memory that ``fn()`` adds to what is allocated before it.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` after resetting the peak.
+    CPU (Linux): the peak resident size (VmHWM) after resetting it to the
+    current one. Exact in a fresh process (:func:`measure_memory`); in a
+    process that ran before, memory the C library kept for reuse hides part
+    of the growth.
+    """
+    if torch.device(device).type == 'cuda':
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    # (getrusage's maxrss survives exec: it would report the parent's peak.)
+    base = _status_kib('VmRSS')
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')
+    fn()
+    return max(_status_kib('VmHWM') - base, 0) * 1024
 
 
 def measure_memory(impl, shape_name, device):
@@ -115,22 +191,10 @@ def measure_memory(impl, shape_name, device):
         # Import before the baseline: the package's import (MMEngine and
         # friends, ~90 MB resident) is not the loss's memory.
         import mmdist.losses  # noqa: F401
-    if device == 'cuda':
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        step(impl, student, teacher, activation, num_classes)
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - base
-    # Linux: reset the peak resident size (VmHWM) to the current one, run,
-    # read the peak. (getrusage's maxrss survives exec: it would report the
-    # parent's peak.) The inputs are resident before, so the growth is what
-    # the loss adds.
-    base = _status_kib('VmRSS')
-    with open('/proc/self/clear_refs', 'w') as f:
-        f.write('5')
-    step(impl, student, teacher, activation, num_classes)
-    return (_status_kib('VmHWM') - base) * 1024
+    # The inputs are allocated before, so the growth is what the loss adds.
+    return peak_extra_bytes(
+        lambda: step(impl, student, teacher, activation, num_classes),
+        device)
 
 
 def _status_kib(field):
@@ -154,16 +218,12 @@ def memory_in_subprocess(impl, shape_name, device):
 def benchmark(shape_name, device, runs):
     student, teacher, activation, num_classes = make_inputs(shape_name, device)
     results = {}
-    for impl in IMPLEMENTATIONS:
-        step(impl, student, teacher, activation, num_classes)  # warm-up
-    times = {impl: [] for impl in IMPLEMENTATIONS}
-    for _ in range(runs):
-        for impl in IMPLEMENTATIONS:  # interleaved: same machine state
-            sync(device)
-            start = time.perf_counter()
-            step(impl, student, teacher, activation, num_classes)
-            sync(device)
-            times[impl].append(time.perf_counter() - start)
+    times = time_steps(
+        {
+            impl: (lambda impl=impl: step(impl, student, teacher, activation,
+                                          num_classes))
+            for impl in IMPLEMENTATIONS
+        }, device, runs)
     ref_loss, ref_grad = step('reference', student, teacher, activation,
                               num_classes)
     new_loss, new_grad = step('mmdist', student, teacher, activation,
@@ -184,7 +244,7 @@ def benchmark(shape_name, device, runs):
             (loss.double() - true_loss).abs() / true_loss.abs())
     del true_grad
     for impl in IMPLEMENTATIONS:
-        results[f'{impl}_ms'] = 1000 * statistics.median(times[impl])
+        results[f'{impl}_ms'] = statistics.median(times[impl])
         results[f'{impl}_mb'] = memory_in_subprocess(impl, shape_name,
                                                      device) / 2**20
     results['speedup'] = results['reference_ms'] / results['mmdist_ms']

@@ -1,213 +1,575 @@
-"""DISTLoss on CUDA against the published formulation: time, launches, memory.
+"""The prepared GPU check: DISTLoss and teacher autocast on one device.
 
-For the four shapes of ``tests/test_loss_policy.py`` it runs forward +
-backward of mmdist's DISTLoss (GPU block policy, the CUDA default) and of
-the reference of ``benchmark_loss.py`` on the GPU and prints per shape:
+Built on ``benchmark_loss.py`` (its reference formulation, its interleaved
+timer and its peak-memory measure). On the shapes users train with it runs
+forward + backward of mmdist's DISTLoss and of the published formulation
+and reports per shape:
 
-- median time of ``--runs`` runs after a warm-up, and the speed-up;
-- CUDA kernel launches and top-level ``aten::`` ops of one forward +
-  backward (``torch.profiler``);
-- peak extra memory (``torch.cuda.max_memory_allocated``) and the ratio;
+- the median time of ``--runs`` interleaved runs after a warm-up (CUDA
+  events on CUDA) and the ratio mmdist / reference;
+- the peak extra memory of one forward + backward
+  (``torch.cuda.max_memory_allocated`` on CUDA) and the ratio;
+- kernel launches of one forward + backward (``torch.profiler``; on the CPU
+  the top-level ``aten::`` ops, which a GPU would launch);
 - the relative difference of the values and gradients.
 
-Then a few correctness checks on the GPU (a batch of one passes no
-intra-class gradient, fp16/bf16 inputs give a finite float32 loss).
+Shapes (CUDA; ``--device cpu`` runs the same cases at small sizes, so that a
+test keeps the script working): the five RetinaNet levels P3-P7 in the
+authors' layout (every channel of a position a column) for 2 images at
+1333x800, one loss per level summed as a training step does; the dense
+403,200 x 80 rows of ``benchmark_loss.py``; the Cityscapes decode head at
+1/8 and at full resolution; 1024 RoIs x 81 classes; ImageNet 256 x 1000 at
+tau 1 and 4.
 
-Needs only torch with CUDA: mmdist's losses are loaded on their own,
-bypassing ``mmdist/__init__.py`` (see :func:`import_losses`).
+Then the teacher's ``teacher_autocast``: a ResNet-50-sized network in pure
+torch, forward under ``torch.no_grad`` in fp32 and under fp16 / bf16
+autocast, with the time and the largest logit difference against strict
+fp32 (TF32 off); and edge cases of the loss on the device (a batch of one,
+fp16/bf16 logits).
+
+Needs only torch: mmdist's losses are loaded without ``mmdist/__init__.py``
+(see :func:`import_losses`), with MMEngine's registry when MMEngine imports
+and a stub otherwise.
 
 Usage:
-    python tools/analysis/gpu_check.py [--runs 20] [--json out.json]
+    python tools/analysis/gpu_check.py [--device cuda|cpu] [--runs 20]
+        [--policy cpu|gpu] [--json FILE]
+
+Writes ``gpu_check.json`` to ``$OUT`` when that is set and ``--json`` is
+not given. Exits 1 when an edge case fails; the targets (mmdist at least as
+fast everywhere, at most 0.5x the memory on the dense and full-resolution
+segmentation shapes) are reported, not enforced.
 """
 import argparse
+import contextlib
+import ctypes
+import datetime
+import functools
 import json
+import math
 import os
+import platform
 import statistics
 import sys
 import time
 import types
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
+from torch import nn
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
-from benchmark_loss import reference_dist  # noqa: E402
+import benchmark_loss  # noqa: E402
 
-DEVICE = 'cuda'
 
-# name: (logits shape, activation); num_classes=None: every channel of a
-# position is a column, as the authors lay dense heads out.
-SHAPES = {
-    'retinanet_p3 (2, 720, 100, 168) sigmoid': ((2, 720, 100, 168),
-                                                'sigmoid'),
-    'dense (403200, 80) sigmoid': ((403200, 80), 'sigmoid'),
-    'cityscapes decode (2, 19, 128, 256) softmax': ((2, 19, 128, 256),
-                                                    'softmax'),
-    'roi (1024, 81) softmax': ((1024, 81), 'softmax'),
+class Case(NamedTuple):
+    """One loss row: logits of one or more levels, summed like a step."""
+    levels: List[Tuple[int, ...]]
+    activation: str
+    num_classes: Optional[int] = None
+    tau: float = 1.0
+    memory_target: bool = False  # held to 0.5x the reference's memory
+
+
+# RetinaNet, 2 images at 1333x800 (padded to 1344x800), 9 anchors x 80
+# classes = 720 channels at strides 8..128.
+RETINANET_LEVELS = [(2, 720, 100, 168), (2, 720, 50, 84), (2, 720, 25, 42),
+                    (2, 720, 13, 21), (2, 720, 7, 11)]
+
+CUDA_CASES = {
+    'retinanet_p3-p7':
+    Case(RETINANET_LEVELS, 'sigmoid'),
+    'dense':
+    Case([benchmark_loss.SHAPES['dense'][1]],
+         'sigmoid',
+         benchmark_loss.SHAPES['dense'][3],
+         memory_target=True),
+    'cityscapes_1/8':
+    Case([(2, 19, 128, 256)], 'softmax'),
+    'cityscapes_full':
+    Case([(2, 19, 512, 1024)], 'softmax', memory_target=True),
+    'roi':
+    Case([(1024, 81)], 'softmax'),
+    'imagenet_tau1':
+    Case([(256, 1000)], 'softmax', tau=1.0),
+    'imagenet_tau4':
+    Case([(256, 1000)], 'softmax', tau=4.0),
 }
+
+# The same cases at sizes a CPU test runs in seconds (each logit tensor
+# over 128 KiB, so that its memory shows; see return_freed_memory_to_os).
+CPU_LEVELS = {
+    'retinanet_p3-p7': [(2, 720, 13, 21), (2, 720, 7, 11), (2, 720, 4, 6),
+                        (2, 720, 2, 3), (2, 720, 1, 2)],
+    'dense': [(2, 720, 350)],
+    'cityscapes_1/8': [(2, 19, 32, 64)],
+    'cityscapes_full': [(2, 19, 64, 128)],
+}
+CPU_CASES = {
+    name: case._replace(levels=CPU_LEVELS.get(name, case.levels))
+    for name, case in CUDA_CASES.items()
+}
+
+# Teacher for the autocast rows: (batch, image size, base width).
+CUDA_TEACHER = (32, 224, 64)
+CPU_TEACHER = (2, 64, 8)
+AUTOCAST_MODES = ('fp32 strict', 'fp32', 'fp16', 'bf16')
 
 
 def import_losses():
     """Import ``mmdist.losses`` without ``mmdist/__init__.py``.
 
-    The package's ``__init__`` imports MMEngine and the distillers (and
-    through them MMDetection and friends); the losses need none of it but
-    the ``MODELS`` registry's decorator. So ``mmdist`` is a bare package
-    here, with the real registry when MMEngine is installed and otherwise a
-    stub whose ``register_module`` returns the class unchanged.
+    The package's ``__init__`` imports the distillers and through them
+    MMDetection and friends; the losses need none of it but the ``MODELS``
+    registry's decorator. So ``mmdist`` is a bare package here, with the
+    real registry when MMEngine imports and otherwise a stub whose
+    ``register_module`` returns the class unchanged.
+
+    Returns:
+        tuple[module, str]: ``mmdist.losses`` and which registry it uses.
     """
     package = types.ModuleType('mmdist')
     package.__path__ = [os.path.join(ROOT, 'mmdist')]
     sys.modules['mmdist'] = package
     try:
         import mmdist.registry  # noqa: F401
-    except ImportError:
-        registry = types.ModuleType('mmdist.registry')
-        registry.MODELS = types.SimpleNamespace(
+        import mmengine
+        registry = (f'mmengine {mmengine.__version__} from '
+                    f'{os.path.dirname(os.path.dirname(mmengine.__file__))}')
+    except ImportError as error:
+        stub = types.ModuleType('mmdist.registry')
+        stub.MODELS = types.SimpleNamespace(
             register_module=lambda *args, **kwargs: (lambda cls: cls))
-        sys.modules['mmdist.registry'] = registry
-        print('MMEngine not installed: mmdist.losses loaded with a stub '
-              'registry')
+        sys.modules['mmdist.registry'] = stub
+        registry = f'stub (MMEngine does not import: {error})'
     import mmdist.losses
-    return mmdist.losses
+    return mmdist.losses, registry
 
 
-def step(fn, student, teacher):
-    student = student.detach().requires_grad_()
-    loss = fn(student, teacher)
+def case_inputs(case, device):
+    """(student, teacher) per level, filled in place from a fixed seed."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    pairs = []
+    for shape in case.levels:
+        student = torch.empty(shape, device=device).normal_(generator=gen)
+        teacher = torch.empty(
+            shape, device=device).normal_(
+                std=2.0, generator=gen)
+        pairs.append((student, teacher))
+    return pairs
+
+
+def loss_step(fn, pairs):
+    """Forward + backward of the sum of ``fn`` over the levels."""
+    students = [s.detach().requires_grad_() for s, _ in pairs]
+    loss = fn(students[0], pairs[0][1])
+    for student, (_, teacher) in zip(students[1:], pairs[1:]):
+        loss = loss + fn(student, teacher)
     loss.backward()
-    return loss.detach(), student.grad
+    return loss.detach(), [s.grad for s in students]
 
 
-def launches(fn, student, teacher):
-    """(CUDA kernel launches, top-level aten ops) of one forward+backward."""
-    with profile(activities=[ProfilerActivity.CPU,
-                             ProfilerActivity.CUDA]) as prof:
-        step(fn, student, teacher)
-        torch.cuda.synchronize()
-    kernels = ops = 0
+def count_launches(fn, device):
+    """Launches of one ``fn()`` under the profiler.
+
+    Returns:
+        tuple[int | None, int]: CUDA kernel launches (the runtime's launch
+        calls, else the kernels the GPU ran; None off CUDA or where the
+        profiler cannot trace CUDA) and top-level ``aten::`` ops (no
+        ``aten::`` ancestor; backward ops sit under autograd's engine
+        events).
+    """
+    cuda = torch.device(device).type == 'cuda'
+    activities = [ProfilerActivity.CPU]
+    if cuda:
+        activities.append(ProfilerActivity.CUDA)
+    try:
+        with profile(activities=activities) as prof:
+            fn()
+            if cuda:
+                torch.cuda.synchronize()
+    except RuntimeError as error:
+        if not cuda:
+            raise
+        print(f'gpu_check: the profiler cannot trace CUDA ({error}); '
+              'counting aten ops instead')
+        return None, count_launches(fn, 'cpu')[1]
+    launches = kernels = ops = 0
     for event in prof.events():
-        if 'LaunchKernel' in event.name:
-            kernels += 1
+        if 'LaunchKernel' in event.name:  # cudaLaunchKernel(ExC), cuLaunch..
+            launches += 1
+        elif event.device_type == DeviceType.CUDA:
+            kernels += 'memcpy' not in event.name.lower()
         elif event.name.startswith('aten::'):
             parent = event.cpu_parent
             while parent is not None and not parent.name.startswith('aten::'):
                 parent = parent.cpu_parent
             ops += parent is None
-    return kernels, ops
+    return ((launches or kernels) if cuda else None), ops
 
 
-def peak_memory(fn, student, teacher):
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    step(fn, student, teacher)
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() - base
+def rel_diff(new, ref):
+    new = torch.cat([t.flatten().double() for t in new])
+    ref = torch.cat([t.flatten().double() for t in ref])
+    return float((new - ref).norm() / ref.norm())
 
 
-def median_ms(fn, student, teacher, runs):
-    times = []
-    for _ in range(runs):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        step(fn, student, teacher)
-        torch.cuda.synchronize()
-        times.append(1000 * (time.perf_counter() - start))
-    return statistics.median(times)
-
-
-def check_shape(losses, shape, activation, runs):
-    gen = torch.Generator(device=DEVICE).manual_seed(0)
-    student = torch.randn(shape, device=DEVICE, generator=gen)
-    teacher = 2 * torch.randn(shape, device=DEVICE, generator=gen)
+def measure_case(losses, case, device, runs, warmup):
+    pairs = case_inputs(case, device)
     impls = {
         'reference':
-        lambda s, t: reference_dist(s, t, activation, None),
+        functools.partial(
+            benchmark_loss.reference_dist,
+            activation=case.activation,
+            num_classes=case.num_classes,
+            tau=case.tau),
         'mmdist':
-        losses.DISTLoss(activation=activation),
+        losses.DISTLoss(
+            activation=case.activation,
+            num_classes=case.num_classes,
+            tau=case.tau),
     }
-    result = {}
-    for name, fn in impls.items():
-        step(fn, student, teacher)  # warm-up
-        result[f'{name}_ms'] = median_ms(fn, student, teacher, runs)
-        result[f'{name}_kernels'], result[f'{name}_ops'] = launches(
-            fn, student, teacher)
-        result[f'{name}_mb'] = peak_memory(fn, student, teacher) / 2**20
-    ref_loss, ref_grad = step(impls['reference'], student, teacher)
-    new_loss, new_grad = step(impls['mmdist'], student, teacher)
-    result['value_rel_diff'] = float((new_loss - ref_loss).abs() /
-                                     ref_loss.abs())
-    result['grad_rel_diff'] = float((new_grad - ref_grad).norm() /
-                                    ref_grad.norm())
-    result['speedup'] = result['reference_ms'] / result['mmdist_ms']
-    result['memory_ratio'] = result['mmdist_mb'] / result['reference_mb']
-    result['kernel_ratio'] = (result['mmdist_kernels'] /
-                              max(result['reference_kernels'], 1))
-    return result
+    steps = {
+        name: functools.partial(loss_step, fn, pairs)
+        for name, fn in impls.items()
+    }
+    times = benchmark_loss.time_steps(steps, device, runs, warmup=warmup)
+    row = dict(
+        shape=' + '.join(str(tuple(shape)) for shape in case.levels),
+        activation=case.activation,
+        num_classes=case.num_classes,
+        tau=case.tau,
+        elements=sum(math.prod(s) for s in case.levels))
+    for name, step in steps.items():
+        row[f'{name}_ms'] = statistics.median(times[name])
+        row[f'{name}_ms_min'] = min(times[name])
+        row[f'{name}_ms_max'] = max(times[name])
+        row[f'{name}_mb'] = benchmark_loss.peak_extra_bytes(step,
+                                                            device) / 2**20
+        kernels, ops = count_launches(step, device)
+        row[f'{name}_launches'] = ops if kernels is None else kernels
+        row['launches_counted'] = ('aten ops'
+                                   if kernels is None else 'CUDA kernels')
+        row[f'{name}_aten_ops'] = ops
+    ref_loss, ref_grads = steps['reference']()
+    new_loss, new_grads = steps['mmdist']()
+    row['value_rel_diff'] = rel_diff([new_loss], [ref_loss])
+    row['grad_rel_diff'] = rel_diff(new_grads, ref_grads)
+    row['time_ratio'] = row['mmdist_ms'] / row['reference_ms']
+    row['memory_ratio'] = row['mmdist_mb'] / max(row['reference_mb'], 1e-6)
+    row['memory_target'] = case.memory_target
+    return row
 
 
-def correctness(losses):
-    """Edge cases of the loss, on the GPU; returns failed check names."""
+# ------------------------------------------------------------ the teacher
+class Bottleneck(nn.Module):
+    """ResNet's bottleneck block (1x1, 3x3 with the stride, 1x1 x4)."""
+
+    def __init__(self, in_channels, width, stride):
+        super().__init__()
+        out_channels = 4 * width
+        self.layers = nn.Sequential(
+            nn.Conv2d(in_channels, width, 1, bias=False),
+            nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.Conv2d(width, out_channels, 1, bias=False),
+            nn.BatchNorm2d(out_channels))
+        self.shortcut = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
+                nn.BatchNorm2d(out_channels))
+
+    def forward(self, x):
+        return torch.relu(self.layers(x) + self.shortcut(x))
+
+
+class ResNet50Like(nn.Module):
+    """ResNet-50's layout in pure torch (25.6M parameters at ``width=64``):
+    the teacher of the autocast rows, no torchvision or MMCV needed."""
+
+    def __init__(self, width=64, depths=(3, 4, 6, 3), num_classes=1000):
+        super().__init__()
+        layers = [
+            nn.Conv2d(3, width, 7, 2, 3, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2, 1)
+        ]
+        in_channels = width
+        for stage, depth in enumerate(depths):
+            for block in range(depth):
+                stride = 2 if stage > 0 and block == 0 else 1
+                layers.append(Bottleneck(in_channels, width << stage, stride))
+                in_channels = 4 * (width << stage)
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(in_channels, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.features(x))
+
+
+def calibrated_teacher(device, batch, size, width):
+    """A randomly initialised teacher whose BatchNorm statistics are those
+    of its input, so that its activations and logits have a trained
+    network's scale (fresh running statistics would let them grow from
+    block to block)."""
+    torch.manual_seed(0)
+    model = ResNet50Like(width).to(device)
+    images = torch.randn(batch, 3, size, size, device=device)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.momentum = None  # cumulative average
+    with torch.no_grad(), tf32(False):
+        model.train()(images)
+    return model.eval(), images
+
+
+@contextlib.contextmanager
+def tf32(enabled):
+    """TF32 for CUDA convolutions and matrix products on or off."""
+    old = (torch.backends.cudnn.allow_tf32,
+           torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = enabled
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        (torch.backends.cudnn.allow_tf32,
+         torch.backends.cuda.matmul.allow_tf32) = old
+
+
+def teacher_forward(model, images, mode):
+    """The teacher's forward as the distiller runs it with
+    ``teacher_autocast``: no gradients, autocast for fp16 / bf16."""
+    context = contextlib.nullcontext()
+    if mode == 'fp32 strict':
+        context = tf32(False)
+    elif mode in ('fp16', 'bf16'):
+        dtype = torch.float16 if mode == 'fp16' else torch.bfloat16
+        context = torch.autocast(images.device.type, dtype=dtype)
+    with torch.no_grad(), context:
+        return model(images)
+
+
+def measure_autocast(device, runs, warmup):
+    batch, size, width = CUDA_TEACHER if device == 'cuda' else CPU_TEACHER
+    model, images = calibrated_teacher(device, batch, size, width)
+    steps = {
+        mode: functools.partial(teacher_forward, model, images, mode)
+        for mode in AUTOCAST_MODES
+    }
+    times = benchmark_loss.time_steps(steps, device, runs, warmup=warmup)
+    strict = steps['fp32 strict']().double()
+    rows = {}
+    for mode, step in steps.items():
+        logits = step().double()
+        rows[mode] = dict(
+            shape=f'ResNet-50-like width {width}, ({batch}, 3, {size}, '
+            f'{size}) -> {tuple(logits.shape)}',
+            ms=statistics.median(times[mode]),
+            ms_min=min(times[mode]),
+            ms_max=max(times[mode]),
+            mb=benchmark_loss.peak_extra_bytes(step, device) / 2**20,
+            max_logit_diff=float((logits - strict).abs().max()),
+            max_abs_logit=float(strict.abs().max()),
+            top1_agreement=float(
+                (logits.argmax(1) == strict.argmax(1)).double().mean()))
+    for row in rows.values():
+        row['time_ratio'] = row['ms'] / rows['fp32']['ms']
+    return rows
+
+
+def edge_cases(losses, device):
+    """Edge cases of the loss on ``device``; returns the failed ones."""
     failed = []
     for activation in ('softmax', 'sigmoid'):
-        one = torch.randn(1, 80, device=DEVICE, requires_grad=True)
-        losses.DISTLoss(beta=0., activation=activation)(
-            one, torch.randn(1, 80, device=DEVICE)).backward()
+        one = torch.randn(1, 80, device=device, requires_grad=True)
+        intra_only = losses.DISTLoss(beta=0., activation=activation)
+        intra_only(one, torch.randn(1, 80, device=device)).backward()
         if not torch.equal(one.grad, torch.zeros_like(one.grad)):
             failed.append(f'batch of one, {activation}: gradient norm '
                           f'{float(one.grad.norm()):.3g}, expected 0')
+        loss_fn = losses.DISTLoss(activation=activation)
         for dtype in (torch.float16, torch.bfloat16):
-            s = torch.randn(64, 80, device=DEVICE).to(dtype)
-            s.requires_grad_()
-            loss = losses.DISTLoss(activation=activation)(
-                s, torch.randn(64, 80, device=DEVICE).to(dtype))
+            student = torch.randn(64, 80, device=device).to(dtype)
+            teacher = torch.randn(64, 80, device=device).to(dtype)
+            student.requires_grad_()
+            loss = loss_fn(student, teacher)
             loss.backward()
+            finite = bool(student.grad.isfinite().all())
             if not (loss.dtype == torch.float32 and bool(loss.isfinite())
-                    and bool(s.grad.isfinite().all())):
-                failed.append(f'{dtype} {activation}: loss {loss} '
-                              f'({loss.dtype}), gradient finite: '
-                              f'{bool(s.grad.isfinite().all())}')
+                    and finite):
+                failed.append(f'{dtype} {activation}: loss {float(loss)} '
+                              f'({loss.dtype}), gradient finite: {finite}')
     return failed
+
+
+def return_freed_memory_to_os():
+    """CPU runs: have glibc map every block of 128 KiB or more on its own
+    and unmap it when freed (a fixed threshold, not the adaptive one), so
+    the resident-size peak of :func:`peak_extra_bytes` sees each step's
+    allocations even in a process that ran steps before."""
+    try:
+        libc = ctypes.CDLL('libc.so.6')
+        libc.mallopt(-3, 128 << 10)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 128 << 10)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+def print_tables(report):
+    loss = report['loss']
+    kernels = all(r['launches_counted'] == 'CUDA kernels'
+                  for r in loss.values())
+    unit = 'kernels' if kernels else 'aten ops'
+    header = (f'{"loss":<16} {"shape":<44} {"ref ms":>8} {"mmdist ms":>9} '
+              f'{"ratio":>6} {"ref MB":>8} {"mmdist MB":>9} {"ratio":>6} '
+              f'{unit + " ref/mmdist":>20} {"grad diff":>9}')
+    print(header)
+    print('-' * len(header))
+    for name, r in loss.items():
+        shape = r['shape']
+        if len(shape) > 44:
+            shape = shape[:41] + '...'
+        print(f'{name:<16} {shape:<44} {r["reference_ms"]:8.3f} '
+              f'{r["mmdist_ms"]:9.3f} {r["time_ratio"]:5.2f}x '
+              f'{r["reference_mb"]:8.1f} {r["mmdist_mb"]:9.1f} '
+              f'{r["memory_ratio"]:5.2f}x '
+              f'{r["reference_launches"]:>10}/{r["mmdist_launches"]:<9} '
+              f'{r["grad_rel_diff"]:9.1e}')
+    print('ratio = mmdist / reference (time: median of the runs; memory: '
+          'peak extra memory of one forward + backward)')
+    if 'retinanet_p3-p7' in loss:
+        print(f'retinanet_p3-p7 = one loss per level, summed: '
+              f'{loss["retinanet_p3-p7"]["shape"]}')
+    print()
+    if not report['autocast']:
+        return
+    header = (f'{"teacher_autocast":<16} {"ms":>8} {"ratio":>6} {"MB":>8} '
+              f'{"max |logit diff|":>16} {"max |logit|":>11} '
+              f'{"top-1 agree":>11}')
+    print(next(iter(report['autocast'].values()))['shape'])
+    print(header)
+    print('-' * len(header))
+    for mode, r in report['autocast'].items():
+        print(f'{mode:<16} {r["ms"]:8.3f} {r["time_ratio"]:5.2f}x '
+              f'{r["mb"]:8.1f} {r["max_logit_diff"]:16.2e} '
+              f'{r["max_abs_logit"]:11.2f} {r["top1_agreement"]:11.4f}')
+    print("teacher forward under no_grad; ratio against 'fp32' (torch's "
+          "defaults: TF32 convolutions on CUDA); logit differences against "
+          "'fp32 strict' (TF32 off)")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--runs', type=int, default=20)
-    parser.add_argument('--json', help='also write the results here')
+    parser.add_argument('--device', default='cuda', choices=['cuda', 'cpu'])
+    parser.add_argument(
+        '--runs',
+        type=int,
+        default=20,
+        help='timed runs per measurement (20 or more on CUDA)')
+    parser.add_argument('--warmup', type=int, default=3)
+    parser.add_argument(
+        '--policy',
+        choices=['cpu', 'gpu'],
+        help="mmdist's block policy (default: the device's)")
+    parser.add_argument(
+        '--json',
+        help='write the results here (default: '
+        '$OUT/gpu_check.json when OUT is set)')
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit('gpu_check: CUDA is not available')
-    losses = import_losses()
-    print(f'DISTLoss forward+backward on {torch.cuda.get_device_name()} '
-          f'(torch {torch.__version__}), median of {args.runs} runs after a '
-          'warm-up; mmdist block policy '
-          f"{losses.blocks.block_policy(torch.device(DEVICE))!r}")
-    header = (f'{"shape":<46} {"ref ms":>8} {"mmdist ms":>9} {"speed-up":>8} '
-              f'{"kernels ref/mmdist":>18} {"aten ops":>9} '
-              f'{"MB ref/mmdist":>14} {"memory":>7} {"grad diff":>9}')
-    print(header)
-    print('-' * len(header))
-    results = {}
-    for name, (shape, activation) in SHAPES.items():
-        r = check_shape(losses, shape, activation, args.runs)
-        results[name] = r
-        print(f'{name:<46} {r["reference_ms"]:8.2f} {r["mmdist_ms"]:9.2f} '
-              f'{r["speedup"]:7.2f}x '
-              f'{r["reference_kernels"]:>8}/{r["mmdist_kernels"]:<9} '
-              f'{r["reference_ops"]:>4}/{r["mmdist_ops"]:<4} '
-              f'{r["reference_mb"]:6.0f}/{r["mmdist_mb"]:<7.0f} '
-              f'{r["memory_ratio"]:6.2f}x {r["grad_rel_diff"]:9.1e}')
-        torch.cuda.empty_cache()
-    failed = correctness(losses)
-    print('correctness on CUDA:', 'ok' if not failed else '; '.join(failed))
-    results['correctness_failures'] = failed
-    if args.json:
-        with open(args.json, 'w') as f:
-            json.dump(results, f, indent=2)
-    sys.exit(1 if failed else 0)
+    if args.device == 'cuda' and not torch.cuda.is_available():
+        sys.exit('gpu_check: CUDA is not available (--device cpu runs the '
+                 'small CPU version)')
+    started = time.perf_counter()
+    if args.device == 'cpu':
+        return_freed_memory_to_os()
+    losses, registry = import_losses()
+    from mmdist.losses.blocks import block_policy, force_block_policy
+    device = torch.device(args.device)
+    policy = args.policy or block_policy(device)
+    name = (
+        torch.cuda.get_device_name() if args.device == 'cuda' else
+        platform.processor() or platform.machine())
+    report = dict(
+        device=f'{args.device}: {name}',
+        torch=torch.__version__,
+        cuda=torch.version.cuda,
+        python=platform.python_version(),
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(
+            timespec='seconds'),
+        runs=args.runs,
+        warmup=args.warmup,
+        policy=policy,
+        registry=registry,
+    )
+    print(f'gpu_check on {report["device"]}, torch {torch.__version__} '
+          f'(CUDA {torch.version.cuda}), Python {report["python"]}; mmdist '
+          f'block policy {policy!r}, registry: {registry}; median of '
+          f'{args.runs} runs after {args.warmup} warm-up runs')
+    cases = CUDA_CASES if args.device == 'cuda' else CPU_CASES
+    # One failing part (a bug, out of memory) must not cost the others'
+    # numbers: the check runs once on a lent machine.
+    errors = report['errors'] = {}
+
+    def attempt(part, fn, *fn_args):
+        try:
+            return fn(*fn_args)
+        except Exception as error:
+            errors[part] = f'{type(error).__name__}: {error}'
+            print(f'gpu_check: {part} failed: {errors[part]}')
+            return None
+        finally:
+            if args.device == 'cuda':
+                torch.cuda.empty_cache()
+
+    report['loss'] = {}
+    with force_block_policy(policy):
+        for case_name, case in cases.items():
+            row = attempt(case_name, measure_case, losses, case, args.device,
+                          args.runs, args.warmup)
+            if row is not None:
+                report['loss'][case_name] = row
+        report['edge_case_failures'] = attempt('edge cases', edge_cases,
+                                               losses, args.device) or []
+    report['autocast'] = attempt('autocast', measure_autocast, args.device,
+                                 args.runs, args.warmup) or {}
+    print()
+    print_tables(report)
+    slow = [n for n, r in report['loss'].items() if r['time_ratio'] > 1]
+    heavy = [
+        n for n, r in report['loss'].items()
+        if r['memory_target'] and r['memory_ratio'] > 0.5
+    ]
+    report['targets'] = dict(
+        slower_than_reference=slow, over_half_memory=heavy)
+    print(f'\ntargets: mmdist at least as fast everywhere: '
+          f'{"yes" if not slow else "no, " + ", ".join(slow)}; at most 0.5x '
+          'the memory on dense and cityscapes_full: '
+          f'{"yes" if not heavy else "no, " + ", ".join(heavy)}')
+    failed = report['edge_case_failures']
+    print(f'edge cases on {args.device}:',
+          'ok' if not failed else '; '.join(failed))
+    if errors:
+        print('failed parts:',
+              '; '.join(f'{k}: {v}' for k, v in errors.items()))
+    report['seconds'] = time.perf_counter() - started
+    print(f'gpu_check took {report["seconds"]:.0f} s')
+    path = args.json
+    if path is None and os.environ.get('OUT'):
+        path = os.path.join(os.environ['OUT'], 'gpu_check.json')
+    if path:
+        with open(path, 'w') as f:
+            json.dump(report, f, indent=2)
+        print(f'results written to {path}')
+    sys.exit(1 if failed or errors else 0)
 
 
 if __name__ == '__main__':
