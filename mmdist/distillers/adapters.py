@@ -149,14 +149,25 @@ class TeacherPlan:
             else:
                 head_paths.append(teacher_path)
         self.heads = HeadsForward(teacher, head_paths)
+        # Run the whole teacher after the student (the order of mmdist
+        # <= 0.1); kept for benchmark comparisons, see Distiller.loss.
+        self.student_first = False
 
     def attach(self, student: nn.Module) -> List[Recorder]:
         """Recorders the plan needs on the student (its sampled RoIs)."""
         return [forward.attach(student) for forward in self.roi_forwards]
 
-    def __call__(self, teacher: nn.Module, inputs: Tensor,
-                 data_samples: Optional[list]) -> None:
+    def features(self, teacher: nn.Module, inputs: Tensor):
+        """``extract_feat`` and the distilled heads; returns the features."""
         feats = teacher.extract_feat(inputs)
         self.heads(feats)
+        return feats
+
+    def rois(self, feats) -> None:
+        """The box heads on the student's RoIs (after the student ran)."""
         for forward in self.roi_forwards:
             forward(feats)
+
+    def __call__(self, teacher: nn.Module, inputs: Tensor,
+                 data_samples: Optional[list]) -> None:
+        self.rois(self.features(teacher, inputs))

@@ -30,14 +30,15 @@ class Distiller(BaseModel):
     ``train()`` never takes it out of eval mode. It follows the distiller
     across devices and dtypes.
 
-    In ``loss`` mode the student runs its own ``loss()`` (its outputs are
-    recorded by forward hooks), then the teacher runs the minimal forward its
-    distilled heads need (see :mod:`mmdist.distillers.adapters`) without
-    autograd, on the same batch renormalised for it if its preprocessor
-    differs. ``predict`` and ``tensor`` modes run the student alone (or the
-    teacher alone, fed the renormalised batch, with
-    ``predict_with='teacher'``: how ``tools/test.py --teacher`` evaluates
-    the teacher the distiller actually uses).
+    In ``loss`` mode the teacher runs the minimal forward its distilled
+    modules need (see :mod:`mmdist.distillers.adapters`) without autograd,
+    on the same batch renormalised for it if its preprocessor differs, and
+    the student runs its own ``loss()``; outputs are recorded by forward
+    hooks. The teacher goes first (lower peak memory); its box heads of
+    two-stage terms run after the student, on the student's RoIs. ``predict`` and ``tensor``
+    modes run the student alone (or the teacher alone, fed the renormalised
+    batch, with ``predict_with='teacher'``: how ``tools/test.py --teacher``
+    evaluates the teacher the distiller actually uses).
 
     Both models normalise their input as their own configs declare, wherever
     the packages put it: the student gets the ``data_preprocessor`` the
@@ -179,15 +180,35 @@ class Distiller(BaseModel):
             for recorder in self.recorders:
                 recorder.stop()
 
-    def _run_teacher(self, inputs: Tensor, data_samples: Optional[list]):
-        inputs = self.renormalise(inputs, data_samples)
+    @contextlib.contextmanager
+    def _teacher_mode(self, device: torch.device):
+        """No autograd, and autocast when ``teacher_autocast`` asks for it."""
         autocast = contextlib.nullcontext()
         if self.teacher_autocast is not None:
             dtype = (torch.float16
                      if self.teacher_autocast == 'fp16' else torch.bfloat16)
-            autocast = torch.autocast(inputs.device.type, dtype=dtype)
+            autocast = torch.autocast(device.type, dtype=dtype)
         with torch.no_grad(), autocast:
-            self.teacher_forward(self.teacher, inputs, data_samples)
+            yield
+
+    def _run_teacher_features(self, inputs: Tensor,
+                              data_samples: Optional[list]):
+        """The teacher's backbone, neck and distilled dense heads; returns
+        its features for the RoI heads that run after the student."""
+        inputs = self.renormalise(inputs, data_samples)
+        with self._teacher_mode(inputs.device):
+            return self.teacher_forward.features(self.teacher, inputs)
+
+    def _run_teacher_rois(self, feats) -> None:
+        """The teacher's box heads on the student's sampled RoIs."""
+        if self.teacher_forward.roi_forwards:
+            with self._teacher_mode(feats[0].device):
+                self.teacher_forward.rois(feats)
+
+    def _run_teacher(self, inputs: Tensor, data_samples: Optional[list]):
+        """The whole teacher plan (after the student has run)."""
+        self._run_teacher_rois(
+            self._run_teacher_features(inputs, data_samples))
 
     def loss(self, inputs: Tensor,
              data_samples: Optional[list]) -> Dict[str, Tensor]:
@@ -211,8 +232,18 @@ class Distiller(BaseModel):
             losses['distill_weight'] = reference.new_zeros(())
             return losses
         with self._recording():
-            losses = self.student.loss(inputs, data_samples)
-            self._run_teacher(inputs, data_samples)
+            if self.teacher_forward.student_first:
+                losses = self.student.loss(inputs, data_samples)
+                self._run_teacher(inputs, data_samples)
+            else:
+                # Teacher first: its activations are freed before the
+                # student's graph is built, so the step's peak memory is
+                # not the sum of both; only its recorded outputs and, for
+                # RoI terms, its features wait for the student's RoIs.
+                feats = self._run_teacher_features(inputs, data_samples)
+                losses = self.student.loss(inputs, data_samples)
+                self._run_teacher_rois(feats)
+                del feats
             if self.training and self.teacher_check.active:
                 losses.update(self._check_teacher(data_samples))
             for term in self.terms:
