@@ -12,7 +12,8 @@ IMAGES ?= 400
 install:
 	bash tools/install_env.sh
 
-# The whole suite (about 7 minutes on 2 cores); sets up the venv first.
+# The whole suite (441 tests, about 12 minutes on 2 cores); sets up the venv
+# first.
 test: install
 	$(PYTHON) -m pytest tests -v
 
