@@ -275,7 +275,8 @@ class Distiller(BaseModel):
         """One term's losses, or its skip when a teacher output is not
         finite (decided by all ranks together for a loss that syncs)."""
         students, teachers = term.levels()
-        finite = all(bool(torch.isfinite(t).all()) for t in teachers)
+        finite_here = all(bool(torch.isfinite(t).all()) for t in teachers)
+        finite = finite_here
         dist = torch.distributed
         if (getattr(term.loss, 'sync', False) and dist.is_available()
                 and dist.is_initialized() and dist.get_world_size() > 1):
@@ -285,13 +286,17 @@ class Distiller(BaseModel):
             dist.all_reduce(flag, op=dist.ReduceOp.MIN)
             finite = bool(flag)
         if not finite:
-            return self._skip_nonfinite(term, students)
+            where = ('is not finite' if not finite_here else
+                     'is not finite on another rank (sync=True)')
+            return self._skip_nonfinite(term, students, where)
         term.nonfinite_in_a_row = 0
         return term.losses(students, teachers, data_samples,
                            self.distill_weight)
 
-    def _skip_nonfinite(self, term: DistillTerm,
-                        student_outs: List[Tensor]) -> Dict[str, Tensor]:
+    def _skip_nonfinite(self,
+                        term: DistillTerm,
+                        student_outs: List[Tensor],
+                        where: str = 'is not finite') -> Dict[str, Tensor]:
         """Policy for a non-finite teacher output: skip the term this step
         (it never reaches the student's gradients), count it, and stop
         after ``max_nonfinite_steps`` such steps in a row."""
@@ -304,7 +309,7 @@ class Distiller(BaseModel):
                 f'{term.name!r}); stopping (check the teacher checkpoint and '
                 'teacher_autocast)')
         print_log(
-            f'teacher {term.teacher_module} output is not finite: skipping '
+            f'teacher {term.teacher_module} output {where}: skipping '
             f'{term.name!r} this step ({term.nonfinite_in_a_row} in a row, '
             f'{term.nonfinite_total} in total)',
             logger='current',
