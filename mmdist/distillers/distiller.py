@@ -35,10 +35,11 @@ class Distiller(BaseModel):
     on the same batch renormalised for it if its preprocessor differs, and
     the student runs its own ``loss()``; outputs are recorded by forward
     hooks. The teacher goes first (lower peak memory); its box heads of
-    two-stage terms run after the student, on the student's RoIs. ``predict`` and ``tensor``
-    modes run the student alone (or the teacher alone, fed the renormalised
-    batch, with ``predict_with='teacher'``: how ``tools/test.py --teacher``
-    evaluates the teacher the distiller actually uses).
+    two-stage terms run after the student, on the student's RoIs.
+    ``predict`` and ``tensor`` modes run the student alone (or the teacher
+    alone, fed the renormalised batch, with ``predict_with='teacher'``: how
+    ``tools/test.py --teacher`` evaluates the teacher the distiller actually
+    uses).
 
     Both models normalise their input as their own configs declare, wherever
     the packages put it: the student gets the ``data_preprocessor`` the
