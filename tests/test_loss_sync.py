@@ -256,7 +256,7 @@ def test_two_process_training_equals_one_process_global_batch(tmp_path):
     on, give the weights of one process stepping on the same 4 images (its
     task loss is the mean over 4 = DDP's average of two means over 2)."""
     from test_e2e_classification import tiny_classification_config
-    from test_multiprocess import write_ann_file
+    from test_multiprocess import fixed_order_config, write_ann_file
     steps, per_rank = 3, 2
     base = tiny_classification_config(tmp_path)
     root = tmp_path / 'imagenet'
@@ -271,33 +271,14 @@ def test_two_process_training_equals_one_process_global_batch(tmp_path):
     write_ann_file(root, joined, dealt)
 
     def config(ann_file, batch_size, name):
-        cfg = Config.fromfile(str(base))
+        path = fixed_order_config(base, root, ann_file, batch_size, steps,
+                                  0.01, tmp_path / f'{name}.py')
+        cfg = Config.fromfile(str(path))
         # No per-process batch statistics in the student: the loss is the
         # only coupling between ranks (the teacher runs in eval mode).
         cfg.model.student.backbone.norm_cfg = dict(type='GN', num_groups=32)
         for term in cfg.model.distill_terms:
             term.loss.sync = True
-        loader = cfg.train_dataloader
-        loader.batch_size = batch_size
-        loader.sampler = dict(type='DefaultSampler', shuffle=False)
-        loader.dataset.ann_file = str(ann_file)
-        loader.dataset.data_prefix = str(root / 'train')
-        loader.dataset.pipeline = [
-            dict(type='LoadImageFromFile'),
-            dict(type='ResizeEdge', scale=64, edge='short'),
-            dict(type='CenterCrop', crop_size=64),
-            dict(type='PackInputs')
-        ]
-        cfg.train_cfg = dict(by_epoch=False, max_iters=steps,
-                             val_interval=1000)
-        cfg.val_dataloader = cfg.val_cfg = cfg.val_evaluator = None
-        cfg.optim_wrapper = dict(
-            optimizer=dict(type='SGD', lr=0.01, momentum=0.9))
-        cfg.default_hooks.checkpoint = dict(
-            type='CheckpointHook', interval=steps, by_epoch=False)
-        cfg.log_processor = dict(by_epoch=False)
-        cfg.randomness = dict(seed=0)
-        path = tmp_path / f'{name}.py'
         cfg.dump(str(path))
         return path
 

@@ -33,6 +33,37 @@ def write_ann_file(root, path, order):
     return len(samples)
 
 
+def fixed_order_config(base, root, ann_file, batch_size, iters, lr, path,
+                       accumulate=1):
+    """A copy of the tiny classification config that reads ``ann_file`` in
+    order (no shuffling, no random augmentation), trains ``iters`` steps
+    with SGD at ``lr`` and saves one checkpoint at the end; written to
+    ``path``."""
+    cfg = Config.fromfile(str(base))
+    loader = cfg.train_dataloader
+    loader.batch_size = batch_size
+    loader.sampler = dict(type='DefaultSampler', shuffle=False)
+    loader.dataset.ann_file = str(ann_file)
+    loader.dataset.data_prefix = str(root / 'train')
+    loader.dataset.pipeline = [
+        dict(type='LoadImageFromFile'),
+        dict(type='ResizeEdge', scale=64, edge='short'),
+        dict(type='CenterCrop', crop_size=64),
+        dict(type='PackInputs')
+    ]
+    cfg.train_cfg = dict(by_epoch=False, max_iters=iters, val_interval=1000)
+    cfg.val_dataloader = cfg.val_cfg = cfg.val_evaluator = None
+    cfg.optim_wrapper = dict(
+        optimizer=dict(type='SGD', lr=lr, momentum=0.9),
+        accumulative_counts=accumulate)
+    cfg.default_hooks.checkpoint = dict(
+        type='CheckpointHook', interval=iters, by_epoch=False)
+    cfg.log_processor = dict(by_epoch=False)
+    cfg.randomness = dict(seed=0)
+    cfg.dump(str(path))
+    return path
+
+
 @pytest.mark.heavy
 def test_two_processes_match_one_with_accumulation(tmp_path):
     base = tiny_classification_config(tmp_path)
@@ -48,35 +79,10 @@ def test_two_processes_match_one_with_accumulation(tmp_path):
     interleaved = tmp_path / 'interleaved.txt'
     write_ann_file(root, interleaved, dealt)
 
-    def config(ann_file, iters, accumulate, name):
-        cfg = Config.fromfile(str(base))
-        loader = cfg.train_dataloader
-        loader.batch_size = PER_RANK
-        loader.sampler = dict(type='DefaultSampler', shuffle=False)
-        loader.dataset.ann_file = str(ann_file)
-        loader.dataset.data_prefix = str(root / 'train')
-        loader.dataset.pipeline = [
-            dict(type='LoadImageFromFile'),
-            dict(type='ResizeEdge', scale=64, edge='short'),
-            dict(type='CenterCrop', crop_size=64),
-            dict(type='PackInputs')
-        ]
-        cfg.train_cfg = dict(by_epoch=False, max_iters=iters,
-                             val_interval=1000)
-        cfg.val_dataloader = cfg.val_cfg = cfg.val_evaluator = None
-        cfg.optim_wrapper = dict(
-            optimizer=dict(type='SGD', lr=0.05, momentum=0.9),
-            accumulative_counts=accumulate)
-        cfg.default_hooks.checkpoint = dict(
-            type='CheckpointHook', interval=iters, by_epoch=False)
-        cfg.log_processor = dict(by_epoch=False)
-        cfg.randomness = dict(seed=0)
-        path = tmp_path / f'{name}.py'
-        cfg.dump(str(path))
-        return path
-
-    two = config(natural, STEPS, 1, 'two_processes')
-    one = config(interleaved, 2 * STEPS, 2, 'one_process')
+    two = fixed_order_config(base, root, natural, PER_RANK, STEPS, 0.05,
+                             tmp_path / 'two_processes.py')
+    one = fixed_order_config(base, root, interleaved, PER_RANK, 2 * STEPS,
+                             0.05, tmp_path / 'one_process.py', accumulate=2)
     port = str(random.randint(20000, 40000))
     run_tool('dist_train.sh', two, 2, '--work-dir', tmp_path / 'two',
              env=dict(PORT=port, OMP_NUM_THREADS='1'))

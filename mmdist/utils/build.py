@@ -1,7 +1,6 @@
 """Build a config's model the way MMEngine's Runner builds it."""
 import copy
 import os.path as osp
-from typing import Optional
 
 from mmengine.config import Config, ConfigDict
 from mmengine.registry import MODELS, DefaultScope
@@ -30,24 +29,18 @@ def model_config(cfg: Config) -> ConfigDict:
     return model
 
 
-def build_model(cfg: Config, model: Optional[dict] = None) -> nn.Module:
-    """Build ``cfg.model`` (or ``model``) as the Runner would.
+def build_model(cfg: Config) -> nn.Module:
+    """Build ``cfg.model`` as the Runner would (see :func:`model_config`),
+    under the config's ``default_scope``.
 
     Args:
-        cfg (Config): The full config: its ``data_preprocessor`` and
-            ``default_scope`` are used.
-        model (dict, optional): A model dict to build in place of
-            ``cfg.model`` (e.g. a distiller with overrides).
+        cfg (Config): The full config.
 
     Returns:
         nn.Module: The model, not initialised (call ``init_weights()``).
     """
-    model_cfg = model_config(cfg) if model is None else copy.deepcopy(model)
-    if model is not None and cfg.get('data_preprocessor') is not None:
-        model_cfg.setdefault('data_preprocessor',
-                             copy.deepcopy(cfg.data_preprocessor))
     with DefaultScope.overwrite_default_scope(cfg.get('default_scope')):
-        return MODELS.build(model_cfg)
+        return MODELS.build(model_config(cfg))
 
 
 def is_distiller(model: dict) -> bool:
@@ -70,11 +63,12 @@ def student_config(cfg: Config) -> Config:
         raise ValueError('not a distillation config: model type is '
                          f'{cfg.model.get("type")!r}')
     out = copy.deepcopy(cfg)
-    student = copy.deepcopy(cfg.model.student)
-    if student.get('data_preprocessor') is None and cfg.model.get(
-            'data_preprocessor', cfg.get('data_preprocessor')) is not None:
-        student['data_preprocessor'] = copy.deepcopy(
-            cfg.model.get('data_preprocessor', cfg.get('data_preprocessor')))
+    distiller = model_config(cfg)
+    student = distiller.student
+    if student.get('data_preprocessor') is None and distiller.get(
+            'data_preprocessor') is not None:
+        # What the Distiller gives its student (see Distiller.__init__).
+        student['data_preprocessor'] = distiller.data_preprocessor
     out.model = student
     return out
 

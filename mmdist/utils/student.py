@@ -38,10 +38,7 @@ def build_distiller_with_student(cfg: Config, checkpoint: str):
         The distiller, student weights loaded strictly.
     """
     model = build_model(cfg)
-    ckpt = _load_checkpoint(checkpoint, map_location='cpu')
-    load_state_dict(model.student,
-                    student_state_dict(ckpt.get('state_dict', ckpt)),
-                    strict=True)
+    load_student_weights(model.student, checkpoint)
     return model
 
 
