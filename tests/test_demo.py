@@ -7,8 +7,17 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
-from helpers import run_tool
+from helpers import REPO, run_tool
 from mmdist.testing import make_cityscapes, make_coco_detection
+
+
+def _demo_tool():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('demo',
+                                                  REPO / 'tools' / 'demo.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_coco_generator_gives_valid_coco(tmp_path):
@@ -26,6 +35,54 @@ def test_coco_generator_gives_valid_coco(tmp_path):
                                 num_val=2, size=(96, 64), seed=3)
     assert json.load(open(again['train2017'])) == json.load(
         open(paths['train2017']))
+
+
+def _overlap(anns) -> bool:
+    boxes = [a['bbox'] for a in anns]
+    return any(x < u + p and u < x + w and y < v + q and v < y + h
+               for i, (x, y, w, h) in enumerate(boxes)
+               for (u, v, p, q) in boxes[i + 1:])
+
+
+def test_coco_generator_without_occlusion_or_clutter(tmp_path):
+    paths = make_coco_detection(str(tmp_path), num_train=20, num_val=2,
+                                size=(128, 128), max_objects=6, seed=1,
+                                clutter=False, occlusion=False)
+    coco = COCO(paths['train2017'])
+    anns = [coco.loadAnns(coco.getAnnIds(i)) for i in coco.getImgIds()]
+    assert sum(len(a) > 2 for a in anns) > 0
+    assert not any(_overlap(a) for a in anns)
+    # By default objects may overlap (and hide each other).
+    default = COCO(make_coco_detection(str(tmp_path / 'default'),
+                                       num_train=20, num_val=2,
+                                       size=(128, 128), max_objects=6,
+                                       seed=1)['train2017'])
+    assert any(_overlap(default.loadAnns(default.getAnnIds(image_id)))
+               for image_id in default.getImgIds())
+
+
+def test_demo_statistics_and_spread_verdict():
+    demo = _demo_tool()
+    mean, std = demo.mean_std([1.0, 2.0, 3.0])
+    assert mean == 2.0 and std == 1.0
+    assert demo.mean_std([0.5]) == (0.5, 0.0)
+
+    def runs(*metrics):
+        return [dict(metric=m, train_seconds=1.0, iters=2,
+                     curve=[[1, m / 2], [2, m]], loss=[]) for m in metrics]
+
+    results = dict(kd=demo.aggregate(runs(0.30, 0.32, 0.31)),
+                   dist=demo.aggregate(runs(0.40, 0.41, 0.39)),
+                   student=demo.aggregate(runs(0.10, 0.50, 0.30)))
+    assert np.allclose(results['dist']['curve'], [[1, 0.2], [2, 0.4]])
+    assert results['dist']['curve_std'][1][1] == pytest.approx(0.01)
+    spec = demo.TASKS['det']
+    assert 'more than the spread' in demo.compare(results, 'dist', 'kd',
+                                                  spec)
+    assert 'within the spread' in demo.compare(results, 'dist', 'student',
+                                               spec)
+    one = dict(kd=demo.aggregate(runs(0.3)), dist=demo.aggregate(runs(0.4)))
+    assert 'one seed' in demo.compare(one, 'dist', 'kd', spec)
 
 
 def test_cityscapes_generator_gives_valid_label_maps(tmp_path):
@@ -46,22 +103,34 @@ def test_cityscapes_generator_gives_valid_label_maps(tmp_path):
 @pytest.mark.heavy
 def test_demo_pipeline_tiny(tmp_path):
     work = tmp_path / 'demo'
-    out = run_tool('demo.py', '--iters', 2, '--images', 8, '--work-dir', work)
+    out = run_tool('demo.py', '--iters', 2, '--images', 8, '--seeds', 2,
+                   '--work-dir', work)
     assert 'student + DIST' in out.stdout
     report = json.load(open(work / 'report.json'))
     for task in ('det', 'seg'):
         results = report[task]['results']
+        assert len(results['teacher']['seeds']) == 1  # one teacher
         for variant in ('teacher', 'student', 'kd', 'dist'):
             assert math.isfinite(results[variant]['metric'])
             assert results[variant]['train_seconds'] > 0
         for variant in ('student', 'kd', 'dist'):
+            seeds = results[variant]['seeds']
+            assert len(seeds) == 2
+            assert results[variant]['metric'] == pytest.approx(
+                np.mean([s['metric'] for s in seeds]))
+            assert results[variant]['metric_std'] == pytest.approx(
+                np.std([s['metric'] for s in seeds], ddof=1))
             assert math.isfinite(results[variant]['kl'])
             assert -1 <= results[variant]['pearson'] <= 1
-        assert results['dist']['losses']['loss_dist']
-        assert results['kd']['losses']['loss_kd']
+            # Each seed trained its own model.
+            assert seeds[0]['checkpoint'] != seeds[1]['checkpoint']
+        assert results['dist']['loss'] and results['kd']['loss']
         # Validation points at the iteration they were measured at.
         steps = [step for step, _ in results['dist']['curve']]
         assert steps and steps[-1] == 2, (task, steps)
         for plot in report[task]['plots']:
             assert (work / plot.split('/')[-1]).stat().st_size > 1000
-    assert (work / 'report.md').read_text().count('| teacher |') == 2
+    text = (work / 'report.md').read_text()
+    assert text.count('| teacher |') == 2
+    assert text.count('student + DIST vs student + KD') == 2
+    assert 'mean ± sample std' in text

@@ -4,25 +4,28 @@ For each task (``det``: RetinaNet on COCO-layout shapes; ``seg``: FCN on
 Cityscapes-layout scenes) the demo
 
 1. generates the data set (fixed seed; reused on a rerun),
-2. trains a stronger teacher (reused on a rerun),
-3. trains the student alone, with KD and with DIST, with the same schedule,
-   seed and data,
-4. evaluates all four with the stock evaluators (CocoMetric bbox mAP,
+2. trains a stronger teacher once (seed 0; reused on a rerun),
+3. for every seed, trains the student alone, with KD and with DIST, with the
+   same schedule and data (the seed sets initialisation and data order),
+4. evaluates every model with the stock evaluators (CocoMetric bbox mAP,
    IoUMetric mIoU) and measures the teacher-student discrepancy,
 
 then writes ``report.md``, ``report.json`` and PNG plots to the work dir
-and prints the table. Every number comes from the run.
+and prints the table: with several seeds, the mean and standard deviation
+per variant and whether DIST differs from KD and from the student alone by
+more than their spread. Every number comes from the run.
 
 Usage:
     python tools/demo.py [--task det|seg|all] [--iters 250]
-        [--teacher-iters 500] [--work-dir work_dirs/demo] [--images 400]
-        [--retrain-teacher]
+        [--teacher-iters 500] [--images 400] [--seeds 1]
+        [--work-dir work_dirs/demo] [--retrain-teacher]
 """
 import argparse
 import json
 import os
 import os.path as osp
 import time
+from typing import Dict, List, Sequence, Tuple
 
 import mmdist  # noqa: F401  (registers mmdist, safe checkpoint loading)
 import numpy as np
@@ -38,40 +41,61 @@ REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO_CONFIGS = osp.join(REPO, 'configs', 'demo')
 TASKS = {
     'det': dict(metric='coco/bbox_mAP', metric_name='bbox mAP',
-                scope='mmdet', loss_keys=('loss_kd', 'loss_dist')),
-    'seg': dict(metric='mIoU', metric_name='mIoU', scope='mmseg',
-                loss_keys=('loss_kd', 'loss_dist')),
+                scope='mmdet', digits=3,
+                data='COCO layout, 5 shape classes, 128x128 images with up '
+                'to 6 non-overlapping shapes in random colours and sizes '
+                'on a noisy gradient'),
+    'seg': dict(metric='mIoU', metric_name='mIoU', scope='mmseg', digits=2,
+                data='Cityscapes layout (labelTrainIds), 128x64 scenes of '
+                'four background bands under up to 8 shapes, with clutter '
+                'strokes and occlusion'),
 }
-VARIANTS = ('teacher', 'student', 'kd', 'dist')
+# Bump when a generator's output changes, so that old data and the teacher
+# trained on it are not reused.
+DATA_VERSION = 2
+STUDENTS = ('student', 'kd', 'dist')
+VARIANTS = ('teacher', ) + STUDENTS
 LABELS = dict(teacher='teacher', student='student alone', kd='student + KD',
               dist='student + DIST')
+LOSS_KEYS = dict(kd='loss_kd', dist='loss_dist')
 
 
-def make_data(task: str, root: str, images: int) -> str:
-    """Generate the task's data set once (a marker file records it)."""
+def make_data(task: str, root: str, images: int) -> Tuple[str, str]:
+    """Generate the task's data set once (a marker file records it).
+
+    Returns:
+        tuple[str, str]: The data root and a tag naming this data set.
+    """
     folder = osp.join(root, 'coco' if task == 'det' else 'cityscapes')
-    marker = osp.join(folder, f'.complete_{images}')
+    tag = f'{task}-v{DATA_VERSION}-{images}'
+    marker = osp.join(folder, f'.complete_{tag}')
     if not osp.exists(marker):
         print(f'[{task}] generating {images} training images in {folder}')
         if task == 'det':
+            # No clutter strokes and no occlusion: a detector trained from
+            # scratch for a few hundred iterations learns this well enough
+            # to be a teacher worth distilling from.
             make_coco_detection(folder, num_train=images,
                                 num_val=max(8, images // 4),
-                                size=(128, 128), max_objects=6, seed=0)
+                                size=(128, 128), max_objects=6, seed=0,
+                                clutter=False, occlusion=False)
         else:
             make_cityscapes(folder, num_train=images,
                             num_val=max(4, images // 8), size=(128, 64),
                             max_objects=8, seed=0)
         open(marker, 'w').close()
-    return folder + '/'
+    return folder + '/', tag
 
 
 def demo_config(task: str, variant: str, data_root: str, work_dir: str,
-                iters: int, teacher_ckpt: str) -> Config:
+                iters: int, teacher_ckpt: str, seed: int = 0) -> Config:
+    """The demo config of one run, with its data, schedule and seed."""
     name = {'teacher': 'teacher', 'student': 'student', 'kd': 'student_kd',
             'dist': 'student_dist'}[variant]
     cfg = Config.fromfile(osp.join(DEMO_CONFIGS, f'{task}_{name}.py'))
     cfg.work_dir = work_dir
-    cfg.experiment_name = f'demo_{task}_{variant}'
+    cfg.experiment_name = f'demo_{task}_{variant}_seed{seed}'
+    cfg.randomness = dict(seed=seed)
     # The stock runtimes name every visualizer 'visualizer', a process-wide
     # singleton: one name per run keeps each run's scalars in its own dir.
     cfg.visualizer.name = cfg.experiment_name
@@ -110,83 +134,165 @@ def read_scalars(work_dir: str) -> list:
 
 
 def train(cfg: Config) -> float:
+    """Train one run; returns its wall time in seconds."""
     runner = Runner.from_cfg(cfg)
     start = time.perf_counter()
     runner.train()
     return time.perf_counter() - start
 
 
-def run_task(task: str, args) -> dict:
-    spec = TASKS[task]
-    init_default_scope(spec['scope'])
-    data_root = make_data(task, osp.join(args.work_dir, 'data'), args.images)
-    base = osp.join(args.work_dir, task)
-    teacher_dir = osp.join(base, 'teacher')
-    teacher_iters = args.teacher_iters or 2 * args.iters
-    teacher_ckpt = osp.join(teacher_dir, f'iter_{teacher_iters}.pth')
-    results = {}
-    for variant in VARIANTS:
-        work_dir = osp.join(base, variant)
-        iters = teacher_iters if variant == 'teacher' else args.iters
-        cfg = demo_config(task, variant, data_root, work_dir, iters,
-                          teacher_ckpt)
-        reuse = (variant == 'teacher' and osp.isfile(teacher_ckpt)
-                 and not args.retrain_teacher)
-        if reuse:
-            print(f'[{task}] reusing the trained teacher {teacher_ckpt}')
-            seconds = json.load(open(osp.join(teacher_dir,
-                                              'train_time.json')))['seconds']
-        else:
-            print(f'[{task}] training {LABELS[variant]} for {iters} '
-                  'iterations')
-            seconds = train(cfg)
-            if variant == 'teacher':
-                with open(osp.join(teacher_dir, 'train_time.json'), 'w') as f:
-                    json.dump(dict(seconds=seconds), f)
-        scalars = read_scalars(work_dir)
-        curve = [(s['step'], s[spec['metric']]) for s in scalars
-                 if spec['metric'] in s]
-        losses = {
-            key: [(s['step'], s[key]) for s in scalars if key in s]
-            for key in spec['loss_keys']
-        }
-        results[variant] = dict(
-            metric=curve[-1][1] if curve else float('nan'),
-            curve=curve,
-            losses={k: v for k, v in losses.items() if v},
-            train_seconds=seconds,
-            iters=iters,
-            checkpoint=osp.join(work_dir, f'iter_{iters}.pth'))
+def run_result(task: str, variant: str, work_dir: str, iters: int,
+               seconds: float) -> dict:
+    """One run's final metric, validation curve and distillation loss."""
+    metric = TASKS[task]['metric']
+    scalars = read_scalars(work_dir)
+    curve = [(s['step'], s[metric]) for s in scalars if metric in s]
+    key = LOSS_KEYS.get(variant)
+    loss = [(s['step'], s[key]) for s in scalars if key and key in s]
+    return dict(metric=curve[-1][1] if curve else float('nan'),
+                curve=curve, loss=loss, train_seconds=seconds, iters=iters,
+                checkpoint=osp.join(work_dir, f'iter_{iters}.pth'))
 
+
+def train_teacher(task: str, data_root: str, data_tag: str, base: str,
+                  args) -> dict:
+    """Train the task's teacher once, or reuse one trained on this data."""
+    iters = args.teacher_iters or 2 * args.iters
+    work_dir = osp.join(base, 'teacher')
+    ckpt = osp.join(work_dir, f'iter_{iters}.pth')
+    record = osp.join(work_dir, 'train_time.json')
+    previous = json.load(open(record)) if osp.isfile(record) else {}
+    if (osp.isfile(ckpt) and previous.get('data') == data_tag
+            and not args.retrain_teacher):
+        print(f'[{task}] reusing the trained teacher {ckpt}')
+        seconds = previous['seconds']
+    else:
+        print(f'[{task}] training the teacher for {iters} iterations')
+        seconds = train(
+            demo_config(task, 'teacher', data_root, work_dir, iters, ''))
+        with open(record, 'w') as f:
+            json.dump(dict(seconds=seconds, data=data_tag), f)
+    return run_result(task, 'teacher', work_dir, iters, seconds)
+
+
+def run_seed(task: str, seed: int, data_root: str, base: str,
+             teacher_ckpt: str, args) -> Dict[str, dict]:
+    """Train and measure the three students of one seed."""
+    runs = {}
+    for variant in STUDENTS:
+        work_dir = osp.join(base, f'seed{seed}', variant)
+        print(f'[{task}] seed {seed}: training {LABELS[variant]} for '
+              f'{args.iters} iterations')
+        cfg = demo_config(task, variant, data_root, work_dir, args.iters,
+                          teacher_ckpt, seed)
+        runs[variant] = run_result(task, variant, work_dir, args.iters,
+                                   train(cfg))
     # Teacher-student discrepancy on the validation set, for every student.
-    dist_cfg = demo_config(task, 'dist', data_root, osp.join(base, 'dist'),
-                           args.iters, teacher_ckpt)
+    dist_cfg = demo_config(task, 'dist', data_root,
+                           osp.join(base, f'seed{seed}', 'dist'), args.iters,
+                           teacher_ckpt, seed)
     loader = Runner.build_dataloader(dist_cfg.val_dataloader)
-    for variant in ('student', 'kd', 'dist'):
+    for variant in STUDENTS:
         model = build_distiller_with_student(dist_cfg,
-                                             results[variant]['checkpoint'])
-        stats = measure_discrepancy(model, loader)
-        main_term = next(iter(stats.values()))
-        results[variant]['kl'] = main_term['kl']
-        results[variant]['pearson'] = main_term['pearson']
+                                             runs[variant]['checkpoint'])
+        stats = next(iter(measure_discrepancy(model, loader).values()))
+        runs[variant].update(kl=stats['kl'], pearson=stats['pearson'])
+    return runs
+
+
+def mean_std(values: Sequence[float]) -> Tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    values = np.asarray(values, dtype=float)
+    std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    return float(values.mean()), std
+
+
+def mean_curve(curves: List[list]) -> Tuple[list, list]:
+    """Mean and std per step, over the steps every curve has."""
+    steps = sorted(set.intersection(*(set(s for s, _ in c) for c in curves)))
+    by_seed = [dict(c) for c in curves]
+    stats = [mean_std([c[step] for c in by_seed]) for step in steps]
+    return ([[step, m] for step, (m, _) in zip(steps, stats)],
+            [[step, s] for step, (_, s) in zip(steps, stats)])
+
+
+def aggregate(runs: List[dict]) -> dict:
+    """One variant over its seeds: means, spreads and the runs themselves."""
+    result = dict(seeds=runs, iters=runs[0]['iters'])
+    for key in ('metric', 'train_seconds', 'kl', 'pearson'):
+        if key in runs[0]:
+            result[key], result[f'{key}_std'] = mean_std(
+                [r[key] for r in runs])
+    for key in ('curve', 'loss'):
+        if all(r[key] for r in runs):
+            result[key], result[f'{key}_std'] = mean_curve(
+                [r[key] for r in runs])
+        else:
+            result[key], result[f'{key}_std'] = [], []
+    return result
+
+
+def run_task(task: str, args) -> dict:
+    init_default_scope(TASKS[task]['scope'])
+    data_root, data_tag = make_data(task, osp.join(args.work_dir, 'data'),
+                                    args.images)
+    base = osp.join(args.work_dir, task)
+    teacher = train_teacher(task, data_root, data_tag, base, args)
+    per_seed = [
+        run_seed(task, seed, data_root, base, teacher['checkpoint'], args)
+        for seed in range(args.seeds)
+    ]
+    results = dict(teacher=aggregate([teacher]))
+    for variant in STUDENTS:
+        results[variant] = aggregate([runs[variant] for runs in per_seed])
     return results
+
+
+def compare(results: dict, a: str, b: str, spec: dict) -> str:
+    """Whether variant ``a`` differs from ``b`` by more than the spread.
+
+    The spread is the sum of the two standard deviations over the seeds:
+    a difference inside it is not told apart from seed noise.
+    """
+    ra, rb = results[a], results[b]
+    diff = ra['metric'] - rb['metric']
+    d = spec['digits']
+    text = (f'{LABELS[a]} vs {LABELS[b]}: {diff:+.{d}f} '
+            f'{spec["metric_name"]}')
+    if len(ra['seeds']) < 2:
+        return text + ' (one seed: no spread to judge it against)'
+    spread = ra['metric_std'] + rb['metric_std']
+    verdict = ('more than the spread' if abs(diff) > spread else
+               'within the spread, so not told apart from seed noise')
+    return text + f', {verdict} (sum of the std: {spread:.{d}f})'
 
 
 def plot(task: str, results: dict, spec: dict, out_dir: str) -> list:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+    seeds = len(results['dist']['seeds'])
+    band = f' (mean ± std over {seeds} seeds)' if seeds > 1 else ''
+
+    def draw(ax, points, spread, label):
+        steps, values = (np.array(v) for v in zip(*points))
+        line, = ax.plot(steps, values, marker='o', label=label)
+        if seeds > 1:
+            stds = np.array([s for _, s in spread])
+            ax.fill_between(steps, values - stds, values + stds,
+                            color=line.get_color(), alpha=0.2)
+
     paths = []
     fig, ax = plt.subplots(figsize=(6, 4))
-    for variant in ('student', 'kd', 'dist'):
+    for variant in STUDENTS:
         if results[variant]['curve']:
-            steps, values = zip(*results[variant]['curve'])
-            ax.plot(steps, values, marker='o', label=LABELS[variant])
-    teacher = results['teacher']['metric']
-    ax.axhline(teacher, color='gray', linestyle='--', label='teacher')
+            draw(ax, results[variant]['curve'],
+                 results[variant]['curve_std'], LABELS[variant])
+    ax.axhline(results['teacher']['metric'], color='gray', linestyle='--',
+               label='teacher')
     ax.set_xlabel('iteration')
     ax.set_ylabel(f'validation {spec["metric_name"]}')
-    ax.set_title(f'{task}: validation {spec["metric_name"]}')
+    ax.set_title(f'{task}: validation {spec["metric_name"]}{band}')
     ax.legend()
     fig.tight_layout()
     paths.append(osp.join(out_dir, f'{task}_val_metric.png'))
@@ -194,14 +300,13 @@ def plot(task: str, results: dict, spec: dict, out_dir: str) -> list:
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for variant, key in (('kd', 'loss_kd'), ('dist', 'loss_dist')):
-        points = results[variant]['losses'].get(key, [])
-        if points:
-            steps, values = zip(*points)
-            ax.plot(steps, values, label=f'{LABELS[variant]}: {key}')
+    for variant, key in LOSS_KEYS.items():
+        if results[variant]['loss']:
+            draw(ax, results[variant]['loss'], results[variant]['loss_std'],
+                 f'{LABELS[variant]}: {key}')
     ax.set_xlabel('iteration')
     ax.set_ylabel('distillation loss')
-    ax.set_title(f'{task}: distillation loss')
+    ax.set_title(f'{task}: distillation loss{band}')
     ax.legend()
     fig.tight_layout()
     paths.append(osp.join(out_dir, f'{task}_distill_loss.png'))
@@ -211,25 +316,36 @@ def plot(task: str, results: dict, spec: dict, out_dir: str) -> list:
 
 
 def table(task: str, results: dict, spec: dict) -> str:
-    lines = [
-        f'| {task} | {spec["metric_name"]} | train time (s) | '
-        'KL(teacher ‖ model) | Pearson with teacher |',
-        '| --- | --- | --- | --- | --- |'
-    ]
+    seeds = len(results['dist']['seeds'])
+    d = spec['digits']
+
+    def cell(r: dict, key: str, digits: int) -> str:
+        if key not in r:
+            return '-'
+        if len(r['seeds']) < 2:
+            return f'{r[key]:.{digits}f}'
+        return f'{r[key]:.{digits}f} ± {r[key + "_std"]:.{digits}f}'
+
+    header = (f'| {task} | {spec["metric_name"]} | train time (s) | '
+              'KL(teacher ‖ model) | Pearson with teacher |')
+    rule = '| --- | --- | --- | --- | --- |'
+    if seeds > 1:
+        header += ' per seed |'
+        rule += ' --- |'
+    lines = [header, rule]
     for variant in VARIANTS:
         r = results[variant]
-        kl = f'{r["kl"]:.4f}' if 'kl' in r else '-'
-        rho = f'{r["pearson"]:.4f}' if 'pearson' in r else '-'
-        lines.append(f'| {LABELS[variant]} | {r["metric"]:.4f} | '
-                     f'{r["train_seconds"]:.0f} | {kl} | {rho} |')
-    kd, dist = results['kd']['metric'], results['dist']['metric']
-    verdict = ('DIST beats KD' if dist > kd else
-               'DIST does NOT beat KD' if dist < kd else 'DIST ties KD')
+        row = (f'| {LABELS[variant]} | {cell(r, "metric", d)} | '
+               f'{r["train_seconds"]:.0f} | {cell(r, "kl", 4)} | '
+               f'{cell(r, "pearson", 4)} |')
+        if seeds > 1:
+            row += ' ' + ', '.join(f'{s["metric"]:.{d}f}'
+                                   for s in r['seeds']) + ' |'
+        lines.append(row)
     lines.append('')
-    lines.append(f'{verdict} on this data ({spec["metric_name"]} '
-                 f'{dist:.4f} vs {kd:.4f}); student alone '
-                 f'{results["student"]["metric"]:.4f}, teacher '
-                 f'{results["teacher"]["metric"]:.4f}.')
+    lines.append('; '.join(
+        compare(results, 'dist', other, spec) for other in ('kd', 'student'))
+        + '.')
     return '\n'.join(lines)
 
 
@@ -241,10 +357,15 @@ def main() -> None:
                         help='training images per data set')
     parser.add_argument('--teacher-iters', type=int, default=None,
                         help='teacher schedule (default: twice --iters); '
-                        'the three students share --iters')
+                        'the students share --iters')
+    parser.add_argument('--seeds', type=int, default=1,
+                        help='train the three students with seeds 0..N-1 '
+                        'and report mean and std (one teacher for all)')
     parser.add_argument('--work-dir', default='work_dirs/demo')
     parser.add_argument('--retrain-teacher', action='store_true')
     args = parser.parse_args()
+    if args.seeds < 1:
+        parser.error(f'--seeds must be at least 1, got {args.seeds}')
     os.makedirs(args.work_dir, exist_ok=True)
     tasks = list(TASKS) if args.task == 'all' else [args.task]
     report_path = osp.join(args.work_dir, 'report.json')
@@ -253,9 +374,9 @@ def main() -> None:
         report = json.load(open(report_path))
     start = time.perf_counter()
     for task in tasks:
-        results = run_task(task, args)
         report[task] = dict(iters=args.iters, images=args.images,
-                            results=results)
+                            seeds=args.seeds,
+                            results=run_task(task, args))
     total = time.perf_counter() - start
 
     sections = []
@@ -264,24 +385,29 @@ def main() -> None:
         results = report[task]['results']
         plots = plot(task, results, spec, args.work_dir)
         report[task]['plots'] = plots
+        sections.append(f'**{task}** data: {spec["data"]}.')
         sections.append(table(task, results, spec))
         sections.append('\n'.join(f'![{osp.basename(p)}]({osp.basename(p)})'
                                   for p in plots))
+    report['wall_seconds'] = total
     with open(report_path, 'w') as f:
         json.dump(report, f, indent=2)
+    seeds = (f'seeds 0-{args.seeds - 1} (mean ± sample std; the spread of '
+             'a comparison is the sum of the two std)'
+             if args.seeds > 1 else 'seed 0')
     text = ('# mmdist demo: KD vs DIST on synthetic data\n\n'
-            f'{args.iters} iterations per student (same schedule, seed and '
-            f'data for the three), {args.teacher_iters or 2 * args.iters} '
-            f'for the teacher, {args.images} training images per data set; '
-            f'wall time of this run {total:.0f} s (a reused teacher\'s '
-            'train time is that of the run that trained it).\n\n' +
-            '\n\n'.join(sections) + '\n')
+            f'{args.iters} iterations per student (same schedule and data '
+            f'for the three), {seeds}; one teacher per task trained for '
+            f'{args.teacher_iters or 2 * args.iters} iterations (seed 0); '
+            f'{args.images} training images per data set; wall time of this '
+            f'run {total:.0f} s (a reused teacher\'s train time is that of '
+            'the run that trained it).\n\n' + '\n\n'.join(sections) + '\n')
     with open(osp.join(args.work_dir, 'report.md'), 'w') as f:
         f.write(text)
     print('\n' + text)
     print(f'report: {osp.join(args.work_dir, "report.md")}')
-    if not all(np.isfinite(report[t]['results'][v]['metric'])
-               for t in tasks for v in VARIANTS):
+    if not all(np.isfinite(s['metric']) for t in tasks
+               for v in VARIANTS for s in report[t]['results'][v]['seeds']):
         raise SystemExit('a metric is missing or not finite')
 
 

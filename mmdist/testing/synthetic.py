@@ -29,15 +29,17 @@ def _random_colour(rng: np.random.Generator) -> Tuple[int, int, int]:
     return tuple(int(v) for v in rng.integers(30, 256, size=3))
 
 
-def _background(rng: np.random.Generator, width: int,
-                height: int) -> Image.Image:
-    """Noisy gradient with faint clutter strokes."""
+def _background(rng: np.random.Generator,
+                width: int,
+                height: int,
+                clutter: bool = True) -> Image.Image:
+    """Noisy gradient, with faint clutter strokes if ``clutter``."""
     base = rng.integers(0, 90, size=3)
     ramp = np.linspace(0, 60, width)[None, :, None]
     pixels = base[None, None, :] + ramp + rng.normal(0, 12, (height, width, 3))
     image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(image)
-    for _ in range(int(rng.integers(3, 8))):
+    for _ in range(int(rng.integers(3, 8)) if clutter else 0):
         x0, y0 = rng.integers(0, width), rng.integers(0, height)
         x1, y1 = rng.integers(0, width), rng.integers(0, height)
         draw.line([(int(x0), int(y0)), (int(x1), int(y1))],
@@ -64,20 +66,34 @@ def _draw_shape(draw: ImageDraw.ImageDraw, kind: str, box: Sequence[int],
         raise ValueError(f'unknown shape {kind!r}')
 
 
-def _place_objects(rng: np.random.Generator, width: int, height: int,
-                   count: int) -> List[Tuple[str, List[int]]]:
+def _overlaps(box: Sequence[int], others) -> bool:
+    # PIL draws both corners of a box, so touching boxes share pixels.
+    return any(box[0] <= o[2] and o[0] <= box[2] and box[1] <= o[3]
+               and o[1] <= box[3] for _, o in others)
+
+
+def _place_objects(rng: np.random.Generator,
+                   width: int,
+                   height: int,
+                   count: int,
+                   occlusion: bool = True) -> List[Tuple[str, List[int]]]:
+    """Random shapes and boxes; without ``occlusion`` boxes do not overlap
+    (a shape that finds no free place in a few tries is left out)."""
     objects = []
     for _ in range(count):
-        kind = SHAPES[int(rng.integers(len(SHAPES)))]
-        size = int(rng.integers(max(8, min(width, height) // 8),
-                                max(12, min(width, height) // 2.5)))
-        aspect = float(rng.uniform(0.7, 1.4))
-        w = max(6, int(size * aspect))
-        h = max(6, int(size / aspect))
-        x0 = int(rng.integers(0, max(1, width - w)))
-        y0 = int(rng.integers(0, max(1, height - h)))
-        objects.append((kind, [x0, y0, min(width, x0 + w), min(height,
-                                                               y0 + h)]))
+        for _attempt in range(1 if occlusion else 20):
+            kind = SHAPES[int(rng.integers(len(SHAPES)))]
+            size = int(rng.integers(max(8, min(width, height) // 8),
+                                    max(12, min(width, height) // 2.5)))
+            aspect = float(rng.uniform(0.7, 1.4))
+            w = max(6, int(size * aspect))
+            h = max(6, int(size / aspect))
+            x0 = int(rng.integers(0, max(1, width - w)))
+            y0 = int(rng.integers(0, max(1, height - h)))
+            box = [x0, y0, min(width, x0 + w), min(height, y0 + h)]
+            if occlusion or not _overlaps(box, objects):
+                objects.append((kind, box))
+                break
     return objects
 
 
@@ -113,7 +129,9 @@ def make_coco_detection(root: str,
                         num_val: int = 8,
                         size: Tuple[int, int] = (160, 120),
                         max_objects: int = 5,
-                        seed: int = 0) -> dict:
+                        seed: int = 0,
+                        clutter: bool = True,
+                        occlusion: bool = True) -> dict:
     """Write a COCO-layout detection data set with ``len(SHAPES)`` classes.
 
     Boxes are the visible extent of each object after occlusion; objects
@@ -126,6 +144,8 @@ def make_coco_detection(root: str,
         size (tuple[int, int]): Image (width, height).
         max_objects (int): Most objects per image (at least one).
         seed (int): Random seed.
+        clutter (bool): Draw clutter strokes on the background.
+        occlusion (bool): Let objects overlap (and hide each other).
 
     Returns:
         dict: ``classes`` and the paths of the two annotation files.
@@ -140,9 +160,11 @@ def make_coco_detection(root: str,
         images, annotations = [], []
         for image_id in range(1, count + 1):
             objects = _place_objects(rng, width, height,
-                                     int(rng.integers(1, max_objects + 1)))
+                                     int(rng.integers(1, max_objects + 1)),
+                                     occlusion)
             image, index_map = _render(rng, width, height, objects,
-                                       _background(rng, width, height))
+                                       _background(rng, width, height,
+                                                   clutter))
             name = f'{image_id:06d}.jpg'
             image.save(osp.join(root, split, name), quality=95)
             images.append(
