@@ -8,7 +8,7 @@ model = dict(
     type='mmdist.Distiller',
     student={{_base_.model}},
     teacher='mmdist::demo/det_teacher.py',
-    teacher_ckpt='work_dirs/demo/det/teacher/iter_300.pth',
+    teacher_ckpt='work_dirs/demo/det/teacher/iter_1000.pth',
     distill_terms=[
         dict(
             student_module='bbox_head.retina_cls',

@@ -8,7 +8,7 @@ model = dict(
     type='mmdist.Distiller',
     student={{_base_.model}},
     teacher='mmdist::demo/seg_teacher.py',
-    teacher_ckpt='work_dirs/demo/seg/teacher/iter_300.pth',
+    teacher_ckpt='work_dirs/demo/seg/teacher/iter_500.pth',
     distill_terms=[
         dict(
             student_module='decode_head.conv_seg',
