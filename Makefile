@@ -24,8 +24,8 @@ test-fast: install
 
 # KD vs DIST on built-in synthetic data (detection and segmentation), with a
 # report in work_dirs/demo/. TASK=det|seg|all, ITERS (students),
-# TEACHER_ITERS (default 4x ITERS for det, 2x for seg), IMAGES, SEEDS (students trained with seeds 0..SEEDS-1, mean
-# and std reported).
+# TEACHER_ITERS (default 1000 for det, 500 for seg), IMAGES, SEEDS (the
+# students trained with seeds 0..SEEDS-1, mean and std reported).
 demo: install
 	$(PYTHON) tools/demo.py --task $(TASK) --iters $(ITERS) $(if $(TEACHER_ITERS),--teacher-iters $(TEACHER_ITERS)) --images $(IMAGES) --seeds $(SEEDS)
 

@@ -1,4 +1,5 @@
 """The demo pipeline at a tiny size, and the synthetic data generators."""
+import argparse
 import json
 import math
 
@@ -85,6 +86,52 @@ def test_demo_statistics_and_spread_verdict():
     assert 'one seed' in demo.compare(one, 'dist', 'kd', spec)
 
 
+def test_demo_regenerates_data_and_retrains_teacher_only_when_asked(
+        tmp_path, monkeypatch):
+    demo = _demo_tool()
+    trained = []
+
+    def fake_train(cfg):  # what the Runner leaves behind, without training
+        iters = cfg.train_cfg.max_iters
+        scalars = tmp_path / cfg.work_dir / 'ts' / 'vis_data'
+        scalars.mkdir(parents=True, exist_ok=True)
+        (scalars / 'scalars.json').write_text(
+            json.dumps({'step': iters, 'coco/bbox_mAP': iters / 100}) + '\n')
+        (tmp_path / cfg.work_dir / f'iter_{iters}.pth').write_bytes(b'x')
+        trained.append(iters)
+        return 1.0
+
+    monkeypatch.setattr(demo, 'train', fake_train)
+    monkeypatch.chdir(tmp_path)
+    root, tag = demo.make_data('det', 'data', 6)
+    images = tmp_path / root / 'train2017'
+    assert len(list(images.iterdir())) == 6
+    stamp = (tmp_path / root / '.complete').stat().st_mtime_ns
+    assert demo.make_data('det', 'data', 6) == (root, tag)  # kept
+    assert (tmp_path / root / '.complete').stat().st_mtime_ns == stamp
+
+    def teacher(data_tag, iters, retrain=False):
+        args = argparse.Namespace(teacher_iters=iters,
+                                  retrain_teacher=retrain)
+        return demo.train_teacher('det', root, data_tag, 'det', args)
+
+    assert teacher(tag, 4)['metric'] == 0.04 and trained == [4]
+    assert teacher(tag, 4)['metric'] == 0.04 and trained == [4]  # reused
+    teacher(tag, 8)
+    teacher(tag, 4)  # the record says 8 iterations: retrained
+    assert trained == [4, 8, 4]
+    teacher(tag, 4, retrain=True)
+    assert trained == [4, 8, 4, 4]
+
+    # Other data: the folder is regenerated (no image of the old set left)
+    # and the teacher, trained on the old data, is trained again.
+    root, other = demo.make_data('det', 'data', 3)
+    assert other != tag
+    assert len(list((tmp_path / root / 'train2017').iterdir())) == 3
+    teacher(other, 4)
+    assert trained == [4, 8, 4, 4, 4]
+
+
 def test_cityscapes_generator_gives_valid_label_maps(tmp_path):
     make_cityscapes(str(tmp_path), num_train=3, num_val=1, size=(64, 32))
     labels = sorted((tmp_path / 'gtFine' / 'train').rglob(
@@ -103,8 +150,8 @@ def test_cityscapes_generator_gives_valid_label_maps(tmp_path):
 @pytest.mark.heavy
 def test_demo_pipeline_tiny(tmp_path):
     work = tmp_path / 'demo'
-    out = run_tool('demo.py', '--iters', 2, '--images', 8, '--seeds', 2,
-                   '--work-dir', work)
+    out = run_tool('demo.py', '--iters', 2, '--teacher-iters', 4, '--images',
+                   8, '--seeds', 2, '--work-dir', work)
     assert 'student + DIST' in out.stdout
     report = json.load(open(work / 'report.json'))
     for task in ('det', 'seg'):
@@ -133,4 +180,14 @@ def test_demo_pipeline_tiny(tmp_path):
     text = (work / 'report.md').read_text()
     assert text.count('| teacher |') == 2
     assert text.count('student + DIST vs student + KD') == 2
+    assert text.count('ahead in') == 4
     assert 'mean ± sample std' in text
+
+    # A rerun of one task with the same data and schedule reuses its
+    # teacher; the report holds that run only.
+    out = run_tool('demo.py', '--task', 'seg', '--iters', 2, '--teacher-iters',
+                   4, '--images', 8, '--work-dir', work)
+    assert '[seg] reusing the trained teacher' in out.stdout
+    assert set(json.load(open(work / 'report.json'))) == {'seg',
+                                                          'wall_seconds'}
+    assert not (work / 'det_val_metric.png').exists()

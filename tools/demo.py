@@ -3,8 +3,10 @@
 For each task (``det``: RetinaNet on COCO-layout shapes; ``seg``: FCN on
 Cityscapes-layout scenes) the demo
 
-1. generates the data set (fixed seed; reused on a rerun),
-2. trains a stronger teacher once (seed 0; reused on a rerun),
+1. generates the data set (fixed seed; reused by a rerun that asks for the
+   same data),
+2. trains a stronger teacher once (seed 0; reused by a rerun that asks for
+   the same data and schedule),
 3. for every seed, trains the student alone, with KD and with DIST, with the
    same schedule and data (the seed sets initialisation and data order),
 4. evaluates every model with the stock evaluators (CocoMetric bbox mAP,
@@ -12,8 +14,10 @@ Cityscapes-layout scenes) the demo
 
 then writes ``report.md``, ``report.json`` and PNG plots to the work dir
 and prints the table: with several seeds, the mean and standard deviation
-per variant and whether DIST differs from KD and from the student alone by
-more than their spread. Every number comes from the run.
+per variant, whether DIST differs from KD and from the student alone by more
+than their spread (the sum of the two standard deviations, a rule of thumb
+rather than a significance test) and, since every seed trains all three
+students, the per-seed differences. Every number comes from the run.
 
 Usage:
     python tools/demo.py [--task det|seg|all] [--iters 250]
@@ -24,6 +28,7 @@ import argparse
 import json
 import os
 import os.path as osp
+import shutil
 import time
 from typing import Dict, List, Sequence, Tuple
 
@@ -40,17 +45,23 @@ from mmdist.utils.student import build_distiller_with_student
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO_CONFIGS = osp.join(REPO, 'configs', 'demo')
 TASKS = {
-    # teacher_schedule: the teacher's iterations per student iteration (a
-    # detector trained from scratch needs them to pass 0.3 bbox mAP).
+    # teacher_iters: a detector trained from scratch needs about 1,000
+    # iterations on this data to pass 0.3 bbox mAP (0.30 at 400 of 1,000).
     'det': dict(metric='coco/bbox_mAP', metric_name='bbox mAP',
-                scope='mmdet', digits=3, teacher_schedule=4,
+                scope='mmdet', digits=3, teacher_iters=1000,
+                models='RetinaNet; student ResNet-18 (base width 16) with a '
+                '2-conv head of 64 channels, teacher ResNet-34 (base width '
+                '32) with a 4-conv head of 128 channels; both from scratch',
                 data='COCO layout, 5 shape classes, 128x128 images with up '
                 'to 6 shapes in random colours and sizes on a noisy '
                 'gradient; no clutter strokes and no occlusion (boxes do '
-                'not touch), so that a detector trained from scratch on a '
+                'not overlap), so that a detector trained from scratch on a '
                 'CPU learns it'),
     'seg': dict(metric='mIoU', metric_name='mIoU', scope='mmseg', digits=2,
-                teacher_schedule=2,
+                teacher_iters=500,
+                models='student FCN on a ResNetV1c-18 (base width 16), '
+                'teacher DeepLabV3 (ASPP head) on a ResNetV1c-34 (base width '
+                '32); both from scratch',
                 data='Cityscapes layout (labelTrainIds), 128x64 scenes of '
                 'four background bands under up to 8 shapes, with clutter '
                 'strokes and occlusion'),
@@ -66,16 +77,25 @@ LOSS_KEYS = dict(kd='loss_kd', dist='loss_dist')
 
 
 def make_data(task: str, root: str, images: int) -> Tuple[str, str]:
-    """Generate the task's data set once (a marker file records it).
+    """Generate the task's data set, unless the folder holds this one.
+
+    A marker file names the data set in the folder; other data there is
+    removed first, so that no image of an earlier data set is left behind.
+
+    Args:
+        task (str): ``'det'`` or ``'seg'``.
+        root (str): Folder of the demo's data sets.
+        images (int): Training images.
 
     Returns:
         tuple[str, str]: The data root and a tag naming this data set.
     """
     folder = osp.join(root, 'coco' if task == 'det' else 'cityscapes')
     tag = f'{task}-v{DATA_VERSION}-{images}'
-    marker = osp.join(folder, f'.complete_{tag}')
-    if not osp.exists(marker):
+    marker = osp.join(folder, '.complete')
+    if read_text(marker) != tag:
         print(f'[{task}] generating {images} training images in {folder}')
+        shutil.rmtree(folder, ignore_errors=True)
         if task == 'det':
             # No clutter strokes and no occlusion: a detector trained from
             # scratch for a few hundred iterations learns this well enough
@@ -88,13 +108,35 @@ def make_data(task: str, root: str, images: int) -> Tuple[str, str]:
             make_cityscapes(folder, num_train=images,
                             num_val=max(4, images // 8), size=(128, 64),
                             max_objects=8, seed=0)
-        open(marker, 'w').close()
+        with open(marker, 'w') as f:
+            f.write(tag)
     return folder + '/', tag
+
+
+def read_text(path: str) -> str:
+    """A small file's text, or ``''`` if there is none."""
+    if not osp.isfile(path):
+        return ''
+    with open(path) as f:
+        return f.read()
 
 
 def demo_config(task: str, variant: str, data_root: str, work_dir: str,
                 iters: int, teacher_ckpt: str, seed: int = 0) -> Config:
-    """The demo config of one run, with its data, schedule and seed."""
+    """The demo config of one run, with its data, schedule and seed.
+
+    Args:
+        task (str): ``'det'`` or ``'seg'``.
+        variant (str): One of :data:`VARIANTS`.
+        data_root (str): The data set's root folder.
+        work_dir (str): The run's work dir.
+        iters (int): Training iterations (cosine schedule, 10% warm-up).
+        teacher_ckpt (str): The teacher's weights (KD and DIST runs).
+        seed (int): The run's random seed.
+
+    Returns:
+        Config: The config to hand to ``Runner.from_cfg``.
+    """
     name = {'teacher': 'teacher', 'student': 'student', 'kd': 'student_kd',
             'dist': 'student_dist'}[variant]
     cfg = Config.fromfile(osp.join(DEMO_CONFIGS, f'{task}_{name}.py'))
@@ -139,7 +181,8 @@ def read_scalars(work_dir: str) -> list:
 
 
 def train(cfg: Config) -> float:
-    """Train one run; returns its wall time in seconds."""
+    """Train one run in a fresh work dir; returns its wall time (s)."""
+    shutil.rmtree(cfg.work_dir, ignore_errors=True)
     runner = Runner.from_cfg(cfg)
     start = time.perf_counter()
     runner.train()
@@ -148,7 +191,19 @@ def train(cfg: Config) -> float:
 
 def run_result(task: str, variant: str, work_dir: str, iters: int,
                seconds: float) -> dict:
-    """One run's final metric, validation curve and distillation loss."""
+    """One run's final metric, validation curve and distillation loss.
+
+    Args:
+        task (str): ``'det'`` or ``'seg'``.
+        variant (str): One of :data:`VARIANTS`.
+        work_dir (str): The run's work dir.
+        iters (int): The run's training iterations.
+        seconds (float): The run's training wall time.
+
+    Returns:
+        dict: ``metric``, ``curve`` and ``loss`` (``[step, value]`` lists),
+        ``train_seconds``, ``iters`` and ``checkpoint``.
+    """
     metric = TASKS[task]['metric']
     scalars = read_scalars(work_dir)
     curve = [(s['step'], s[metric]) for s in scalars if metric in s]
@@ -159,20 +214,27 @@ def run_result(task: str, variant: str, work_dir: str, iters: int,
                 checkpoint=osp.join(work_dir, f'iter_{iters}.pth'))
 
 
-def teacher_iters(task: str, args) -> int:
-    return args.teacher_iters or TASKS[task]['teacher_schedule'] * args.iters
+def teacher_iters(task: str, args: argparse.Namespace) -> int:
+    """The teacher's schedule: ``--teacher-iters`` or the task's default."""
+    return args.teacher_iters or TASKS[task]['teacher_iters']
 
 
 def train_teacher(task: str, data_root: str, data_tag: str, base: str,
-                  args) -> dict:
-    """Train the task's teacher once, or reuse one trained on this data."""
+                  args: argparse.Namespace) -> dict:
+    """Train the task's teacher, or reuse the one trained on this data set
+    with this schedule (``teacher/record.json`` says which it is).
+
+    Returns:
+        dict: The teacher's :func:`run_result`.
+    """
     iters = teacher_iters(task, args)
     work_dir = osp.join(base, 'teacher')
     ckpt = osp.join(work_dir, f'iter_{iters}.pth')
-    record = osp.join(work_dir, 'train_time.json')
-    previous = json.load(open(record)) if osp.isfile(record) else {}
-    if (osp.isfile(ckpt) and previous.get('data') == data_tag
-            and not args.retrain_teacher):
+    record = osp.join(work_dir, 'record.json')
+    wanted = dict(data=data_tag, iters=iters)
+    previous = json.loads(read_text(record) or '{}')
+    if (osp.isfile(ckpt) and not args.retrain_teacher
+            and {k: previous.get(k) for k in wanted} == wanted):
         print(f'[{task}] reusing the trained teacher {ckpt}')
         seconds = previous['seconds']
     else:
@@ -180,13 +242,19 @@ def train_teacher(task: str, data_root: str, data_tag: str, base: str,
         seconds = train(
             demo_config(task, 'teacher', data_root, work_dir, iters, ''))
         with open(record, 'w') as f:
-            json.dump(dict(seconds=seconds, data=data_tag), f)
+            json.dump(dict(seconds=seconds, **wanted), f)
     return run_result(task, 'teacher', work_dir, iters, seconds)
 
 
 def run_seed(task: str, seed: int, data_root: str, base: str,
-             teacher_ckpt: str, args) -> Dict[str, dict]:
-    """Train and measure the three students of one seed."""
+             teacher_ckpt: str,
+             args: argparse.Namespace) -> Dict[str, dict]:
+    """Train and measure the three students of one seed.
+
+    Returns:
+        dict: :func:`run_result` per student variant, with the validation
+        ``kl`` and ``pearson`` of the student to the teacher.
+    """
     runs = {}
     for variant in STUDENTS:
         work_dir = osp.join(base, f'seed{seed}', variant)
@@ -217,7 +285,14 @@ def mean_std(values: Sequence[float]) -> Tuple[float, float]:
 
 
 def mean_curve(curves: List[list]) -> Tuple[list, list]:
-    """Mean and std per step, over the steps every curve has."""
+    """Mean and std per step, over the steps every curve has.
+
+    Args:
+        curves (list[list]): ``[step, value]`` lists, one per seed.
+
+    Returns:
+        tuple[list, list]: ``[step, mean]`` and ``[step, std]`` lists.
+    """
     steps = sorted(set.intersection(*(set(s for s, _ in c) for c in curves)))
     by_seed = [dict(c) for c in curves]
     stats = [mean_std([c[step] for c in by_seed]) for step in steps]
@@ -226,7 +301,16 @@ def mean_curve(curves: List[list]) -> Tuple[list, list]:
 
 
 def aggregate(runs: List[dict]) -> dict:
-    """One variant over its seeds: means, spreads and the runs themselves."""
+    """One variant over its seeds.
+
+    Args:
+        runs (list[dict]): The variant's :func:`run_result` per seed.
+
+    Returns:
+        dict: The runs (``seeds``) and, for the metric, train time, KL,
+        Pearson and the curves, the mean (``<key>``) and std
+        (``<key>_std``) over them.
+    """
     result = dict(seeds=runs, iters=runs[0]['iters'])
     for key in ('metric', 'train_seconds', 'kl', 'pearson'):
         if key in runs[0]:
@@ -241,7 +325,8 @@ def aggregate(runs: List[dict]) -> dict:
     return result
 
 
-def run_task(task: str, args) -> dict:
+def run_task(task: str, args: argparse.Namespace) -> dict:
+    """The teacher and every seed's students of one task, aggregated."""
     init_default_scope(TASKS[task]['scope'])
     data_root, data_tag = make_data(task, osp.join(args.work_dir, 'data'),
                                     args.images)
@@ -261,22 +346,42 @@ def compare(results: dict, a: str, b: str, spec: dict) -> str:
     """Whether variant ``a`` differs from ``b`` by more than the spread.
 
     The spread is the sum of the two standard deviations over the seeds:
-    a difference inside it is not told apart from seed noise.
+    a difference inside it is not told apart from seed noise. As every seed
+    trains both variants, the per-seed differences are given too.
+
+    Args:
+        results (dict): :func:`aggregate` per variant.
+        a (str): The variant compared.
+        b (str): The variant it is compared with.
+        spec (dict): The task's entry in :data:`TASKS`.
+
+    Returns:
+        str: One sentence for the report.
     """
     ra, rb = results[a], results[b]
     diff = ra['metric'] - rb['metric']
     d = spec['digits']
     text = (f'{LABELS[a]} vs {LABELS[b]}: {diff:+.{d}f} '
             f'{spec["metric_name"]}')
-    if len(ra['seeds']) < 2:
+    seeds = len(ra['seeds'])
+    if seeds < 2:
         return text + ' (one seed: no spread to judge it against)'
     spread = ra['metric_std'] + rb['metric_std']
     verdict = ('more than the spread' if abs(diff) > spread else
                'within the spread, so not told apart from seed noise')
-    return text + f', {verdict} (sum of the std: {spread:.{d}f})'
+    paired = [x['metric'] - y['metric']
+              for x, y in zip(ra['seeds'], rb['seeds'])]
+    _, paired_std = mean_std(paired)
+    ahead = sum(p > 0 for p in paired)
+    return (text + f', {verdict} (sum of the std: {spread:.{d}f}); per '
+            f'seed {", ".join(f"{p:+.{d}f}" for p in paired)} '
+            f'(std {paired_std:.{d}f}), {LABELS[a]} ahead in {ahead} of '
+            f'{seeds} seeds')
 
 
 def plot(task: str, results: dict, spec: dict, out_dir: str) -> list:
+    """Validation metric and distillation loss curves (a ±std band over
+    several seeds); returns the PNG paths."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -292,7 +397,7 @@ def plot(task: str, results: dict, spec: dict, out_dir: str) -> list:
                             color=line.get_color(), alpha=0.2)
 
     paths = []
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(8, 4))
     for variant in STUDENTS:
         if results[variant]['curve']:
             draw(ax, results[variant]['curve'],
@@ -302,13 +407,14 @@ def plot(task: str, results: dict, spec: dict, out_dir: str) -> list:
     ax.set_xlabel('iteration')
     ax.set_ylabel(f'validation {spec["metric_name"]}')
     ax.set_title(f'{task}: validation {spec["metric_name"]}{band}')
-    ax.legend()
+    # Beside the axes: curves rise to the right and the teacher is on top.
+    ax.legend(loc='upper left', bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     paths.append(osp.join(out_dir, f'{task}_val_metric.png'))
     fig.savefig(paths[-1], dpi=100)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(8, 4))
     for variant, key in LOSS_KEYS.items():
         if results[variant]['loss']:
             draw(ax, results[variant]['loss'], results[variant]['loss_std'],
@@ -316,7 +422,8 @@ def plot(task: str, results: dict, spec: dict, out_dir: str) -> list:
     ax.set_xlabel('iteration')
     ax.set_ylabel('distillation loss')
     ax.set_title(f'{task}: distillation loss{band}')
-    ax.legend()
+    # Beside the axes: curves rise to the right and the teacher is on top.
+    ax.legend(loc='upper left', bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     paths.append(osp.join(out_dir, f'{task}_distill_loss.png'))
     fig.savefig(paths[-1], dpi=100)
@@ -325,6 +432,7 @@ def plot(task: str, results: dict, spec: dict, out_dir: str) -> list:
 
 
 def table(task: str, results: dict, spec: dict) -> str:
+    """The task's markdown table and its comparisons."""
     seeds = len(results['dist']['seeds'])
     d = spec['digits']
 
@@ -359,14 +467,15 @@ def table(task: str, results: dict, spec: dict) -> str:
 
 
 def main() -> None:
+    """Run the demo and write its report."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--task', default='all', choices=['det', 'seg', 'all'])
     parser.add_argument('--iters', type=int, default=250)
     parser.add_argument('--images', type=int, default=400,
                         help='training images per data set')
     parser.add_argument('--teacher-iters', type=int, default=None,
-                        help='teacher schedule (default: 4x --iters for '
-                        'det, 2x for seg); the students share --iters')
+                        help='teacher schedule (default: 1000 for det, 500 '
+                        'for seg); the students share --iters')
     parser.add_argument('--seeds', type=int, default=1,
                         help='train the three students with seeds 0..N-1 '
                         'and report mean and std (one teacher for all)')
@@ -378,9 +487,7 @@ def main() -> None:
     os.makedirs(args.work_dir, exist_ok=True)
     tasks = list(TASKS) if args.task == 'all' else [args.task]
     report_path = osp.join(args.work_dir, 'report.json')
-    report = {}
-    if osp.isfile(report_path):
-        report = json.load(open(report_path))
+    report = {}  # this run's tasks only
     start = time.perf_counter()
     for task in tasks:
         report[task] = dict(iters=args.iters, images=args.images,
@@ -389,12 +496,16 @@ def main() -> None:
     total = time.perf_counter() - start
 
     sections = []
+    for name in os.listdir(args.work_dir):  # an earlier run's plots
+        if name.endswith('.png'):
+            os.remove(osp.join(args.work_dir, name))
     for task in tasks:
         spec = TASKS[task]
         results = report[task]['results']
         plots = plot(task, results, spec, args.work_dir)
         report[task]['plots'] = plots
-        sections.append(f'**{task}** data: {spec["data"]}.')
+        sections.append(f'**{task}** data: {spec["data"]}. Models: '
+                        f'{spec["models"]}.')
         sections.append(table(task, results, spec))
         sections.append('\n'.join(f'![{osp.basename(p)}]({osp.basename(p)})'
                                   for p in plots))

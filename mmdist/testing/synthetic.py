@@ -7,9 +7,9 @@
 - ImageNet-style classification folders: ``{train,val}/<class>/*.JPEG``.
 
 Images hold several kinds of shapes in random colours and sizes over a
-cluttered background, with partial occlusion, so that the class is given by
-the shape, not by a colour, and a bigger model has something to gain. Every
-generator is deterministic for a given seed.
+noisy background, by default with clutter strokes and partial occlusion, so
+that the class is given by the shape, not by a colour, and a bigger model
+has something to gain. Every generator is deterministic for a given seed.
 """
 import json
 import os
@@ -66,8 +66,10 @@ def _draw_shape(draw: ImageDraw.ImageDraw, kind: str, box: Sequence[int],
         raise ValueError(f'unknown shape {kind!r}')
 
 
-def _overlaps(box: Sequence[int], others) -> bool:
-    # PIL draws both corners of a box, so touching boxes share pixels.
+def _overlaps(box: Sequence[int],
+              others: Sequence[Tuple[str, Sequence[int]]]) -> bool:
+    """Whether ``box`` shares a pixel with the box of any of ``others``."""
+    # PIL draws both corners of a box, so boxes with equal edges share pixels.
     return any(box[0] <= o[2] and o[0] <= box[2] and box[1] <= o[3]
                and o[1] <= box[3] for _, o in others)
 
@@ -77,8 +79,20 @@ def _place_objects(rng: np.random.Generator,
                    height: int,
                    count: int,
                    occlusion: bool = True) -> List[Tuple[str, List[int]]]:
-    """Random shapes and boxes; without ``occlusion`` boxes do not overlap
-    (a shape that finds no free place in a few tries is left out)."""
+    """Random shapes and their boxes.
+
+    Args:
+        rng (np.random.Generator): Random source.
+        width (int): Image width.
+        height (int): Image height.
+        count (int): Shapes to place.
+        occlusion (bool): Let boxes overlap. Without it, a shape that finds
+            no free place in 20 tries is left out.
+
+    Returns:
+        list[tuple[str, list[int]]]: ``(shape, [x0, y0, x1, y1])`` in
+        drawing order (corners inclusive).
+    """
     objects = []
     for _ in range(count):
         for _attempt in range(1 if occlusion else 20):
