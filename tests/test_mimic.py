@@ -41,8 +41,10 @@ def test_feature_loss_is_the_plain_formula():
     assert half.dtype == torch.float32
     assert torch.allclose(half, ((s.half().float() - t.half().float())**2
                                  ).mean())
-    with pytest.raises(ValueError, match='loss_weight'):
+    with pytest.raises(ValueError, match='FeatureMSELoss loss_weight'):
         FeatureMSELoss(loss_weight=-1.)
+    with pytest.raises(ValueError, match="got 'heavy'"):
+        FeatureMSELoss(loss_weight='heavy')
     with pytest.raises(ValueError, match=r'\(2, 4, 3, 5\).*\(2, 4, 3, 4\)'):
         FeatureMSELoss()(s, t[..., :4])
 

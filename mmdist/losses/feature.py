@@ -1,12 +1,11 @@
 """Feature mimicking: mean squared error between feature maps."""
-import math
 from typing import Dict, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
 from mmdist.registry import MODELS
-from .rows import check_pair
+from .rows import check_number, check_pair
 
 
 @MODELS.register_module()
@@ -24,10 +23,8 @@ class FeatureMSELoss(nn.Module):
 
     def __init__(self, loss_weight: float = 1.0) -> None:
         super().__init__()
-        if not (math.isfinite(loss_weight) and loss_weight >= 0):
-            raise ValueError('FeatureMSELoss loss_weight must be a finite '
-                             f'non-negative number, got {loss_weight}')
-        self.loss_weight = loss_weight
+        self.loss_weight = check_number('FeatureMSELoss', 'loss_weight',
+                                        loss_weight)
 
     def forward(
         self,
