@@ -82,6 +82,11 @@ CASES = {
     'softmax_one_row_in_all': _rows_case('softmax', (3, 1), (0., 1.),
                                          classes=80, seed=8, beta=0.),
     'sigmoid_dense_blocks': _dense_case(),
+    # A nearly constant student: rows and columns at DISTLoss's floor.
+    'softmax_student_at_floor': dict(
+        _rows_case('softmax', (5, 6), 'random', classes=12, seed=9,
+                   beta=2., gamma=2., tau=4.),
+        model='tiny'),
 }
 
 
@@ -89,6 +94,11 @@ def _model(kind, classes):
     torch.manual_seed(0)
     if kind == 'linear':
         return nn.Linear(FEATURES, classes)
+    if kind == 'tiny':  # outputs ~ the bias: a nearly constant student
+        model = nn.Linear(FEATURES, classes)
+        with torch.no_grad():
+            model.weight.mul_(1e-5)
+        return model
     return nn.Conv2d(FEATURES, classes, 1)
 
 

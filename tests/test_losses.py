@@ -6,6 +6,7 @@ import torch
 
 from mmdist.losses import DISTLoss, KDLoss, dist_terms
 from mmdist.losses.blocks import force_block_policy
+from mmdist.losses.dist import DEFAULT_FLOOR
 
 
 # ---------------------------------------------------------------- reference
@@ -68,11 +69,12 @@ def close(a, b, tol=1e-5):
 
 # ---------------------------------------------------------------- DISTLoss
 def autograd_dist(s, t, act='softmax', w=None, beta=1., gamma=1., tau=1.,
-                  eps=1e-8):
+                  eps=1e-8, floor=0.):
     """The same formula, vectorised, float64, for autograd: per-norm eps
     clamp, cosine of centred vectors, weighted column means and
     (co)variances. ``vector_norm`` passes no gradient at a zero norm (a
-    plain ``sqrt`` would give 0 * inf there)."""
+    plain ``sqrt`` would give 0 * inf there). ``floor`` bounds the
+    student's norm below by that fraction of the teacher's."""
     s, t = s.double(), t.double()
     if act == 'softmax':
         ys, yt = torch.softmax(s / tau, 1), torch.softmax(t / tau, 1)
@@ -84,9 +86,10 @@ def autograd_dist(s, t, act='softmax', w=None, beta=1., gamma=1., tau=1.,
         ua = a - (wt * a).sum(dim, keepdim=True) / wt.sum(dim, keepdim=True)
         ub = b - (wt * b).sum(dim, keepdim=True) / wt.sum(dim, keepdim=True)
         root = wt.sqrt()
-        na = torch.linalg.vector_norm(root * ua, dim=dim).clamp_min(eps)
-        nb = torch.linalg.vector_norm(root * ub, dim=dim).clamp_min(eps)
-        return (wt * ua * ub).sum(dim) / (na * nb)
+        na = torch.linalg.vector_norm(root * ua, dim=dim)
+        nb = torch.linalg.vector_norm(root * ub, dim=dim)
+        na = torch.maximum(na, (floor * nb).clamp_min(eps))
+        return (wt * ua * ub).sum(dim) / (na * nb.clamp_min(eps))
 
     inter = (w * (1 - pearson(ys, yt, torch.ones_like(ys), 1))).sum() / w.sum()
     intra = (1 - pearson(ys, yt, w[:, None].expand_as(ys), 0)).mean()
@@ -100,7 +103,8 @@ def grads(s, t, w=None, **kwargs):
     s64 = s.detach().double().requires_grad_()
     autograd_dist(s64, t, kwargs.get('activation', 'softmax'), w,
                   kwargs.get('beta', 1.), kwargs.get('gamma', 1.),
-                  kwargs.get('tau', 1.)).backward()
+                  kwargs.get('tau', 1.),
+                  floor=kwargs.get('floor', DEFAULT_FLOOR)).backward()
     return s.grad, s64.grad
 
 

@@ -7,8 +7,25 @@ With student and teacher predictions ``Y = act(Z / tau)`` arranged as rows
 - intra-class term: mean over columns of ``1 - pearson(Y_s[:, j], Y_t[:, j])``;
 - loss: ``loss_weight * tau**2 * (beta * inter + gamma * intra)``.
 
-Pearson correlation is the cosine of the mean-centred vectors, each norm
-clamped below at ``eps`` (as ``torch.nn.functional.cosine_similarity`` does).
+Pearson correlation is the cosine of the mean-centred vectors ``u_s`` and
+``u_t``. The paper (and the authors' code) divides by ``|u_s| |u_t|``, each
+clamped below at ``eps``: its gradient grows like ``1 / |u_s|`` as a student
+row or column goes to a constant, which is where a student with a
+zero-initialised head (ViT, DeiT) starts, and reaches ~1e6 times
+cross-entropy's there. By default the student's norm has a floor relative to
+the teacher's (``floor``, kappa below)::
+
+    rho = u_s . u_t / (max(|u_s|, kappa |u_t|, eps) * max(|u_t|, eps))
+
+- wherever ``|u_s| >= kappa |u_t|`` this is the paper's value exactly;
+- below it the denominator is ``kappa |u_t|^2``: the value is continuous and
+  stays in ``[-1, 1]``, the gradient is ``u_t / (kappa |u_t|^2)``, bounded
+  by ``1 / (kappa |u_t|)`` and pointing at the teacher's pattern;
+- ``floor=0`` is the paper's form (eps clamp only).
+
+The floor applies to each row (inter-class) and each column (intra-class),
+computed over the same rows as the term (the global batch with ``sync``),
+so both block policies and ``sync`` give the same value.
 
 The terms are computed by a streamed autograd function
 (:mod:`mmdist.losses.dist_stream`): about one logits-sized tensor of memory,
@@ -31,13 +48,22 @@ and its gradient is scaled so that DDP's averaging gives the global loss's
 gradient. Every rank must call the loss the same number of times per step.
 Without a process group (or with one process) it changes nothing.
 """
+import logging
 from typing import Dict, Optional, Tuple, Union
 
+from mmengine.logging import print_log
 from torch import Tensor, nn
 
 from mmdist.registry import MODELS
 from .dist_stream import ACTIVATIONS, DISTTerms, sync_world_size
 from .rows import as_rows, check_number, check_pair, weight_as_rows
+
+# The student's centred norms are held at >= DEFAULT_FLOOR times the
+# teacher's: the gradient stays within ~100x cross-entropy's at a constant
+# student for the shipped settings (beta/gamma/tau up to 2/2/4), and the
+# value is the paper's wherever the student's spread is at least 5% of the
+# teacher's (see README, "Stable DIST").
+DEFAULT_FLOOR = 0.05
 
 
 def dist_terms(student: Tensor,
@@ -47,7 +73,8 @@ def dist_terms(student: Tensor,
                tau: float = 1.0,
                num_classes: Optional[int] = None,
                eps: float = 1e-8,
-               sync: bool = False) -> Tuple[Tensor, Tensor]:
+               sync: bool = False,
+               floor: float = DEFAULT_FLOOR) -> Tuple[Tensor, Tensor]:
     """Compute the unscaled inter- and intra-class DIST terms.
 
     Args:
@@ -66,6 +93,9 @@ def dist_terms(student: Tensor,
             the default process group, when one is initialised; the
             gradient is then scaled for DDP's averaging (see the module
             docstring).
+        floor (float): Lower bound of each student centred norm relative
+            to the teacher's matching one (see the module docstring); 0
+            gives the paper's exact form.
 
     Returns:
         tuple[Tensor, Tensor]: float32 scalars ``(inter, intra)``, each in
@@ -78,6 +108,7 @@ def dist_terms(student: Tensor,
                          f'got {activation!r}')
     tau = check_number('dist_terms', 'tau', tau, positive=True)
     eps = check_number('dist_terms', 'eps', eps, positive=True)
+    floor = check_number('dist_terms', 'floor', floor)
     rows_s, anchors = as_rows(student, num_classes)
     rows_t, _ = as_rows(teacher.detach(), num_classes)
     rows_w = None
@@ -86,7 +117,7 @@ def dist_terms(student: Tensor,
         if bool((rows_w < 0).any()):
             raise ValueError('weight must be non-negative')
     return DISTTerms.apply(rows_s, rows_t, rows_w, activation, tau, eps,
-                           sync_world_size(sync))
+                           sync_world_size(sync), floor)
 
 
 @MODELS.register_module()
@@ -109,6 +140,11 @@ class DISTLoss(nn.Module):
             per process as the paper does; costs two small all-reduces per
             call (about ``7 * C`` float64 numbers). Every rank must call the
             loss equally often. Defaults to False.
+        floor (float): Lower bound of each student centred norm (row and
+            column) relative to the teacher's matching one, which bounds
+            the gradient of a nearly constant student (module docstring).
+            0 gives the paper's exact form. Defaults to
+            :data:`DEFAULT_FLOOR` (0.05).
     """
 
     def __init__(self,
@@ -119,7 +155,8 @@ class DISTLoss(nn.Module):
                  activation: str = 'softmax',
                  num_classes: Optional[int] = None,
                  eps: float = 1e-8,
-                 sync: bool = False) -> None:
+                 sync: bool = False,
+                 floor: float = DEFAULT_FLOOR) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f'DISTLoss activation must be one of '
@@ -136,6 +173,8 @@ class DISTLoss(nn.Module):
             raise ValueError(f'DISTLoss sync must be True or False, '
                              f'got {sync!r}')
         self.sync = sync
+        self.floor = check_number('DISTLoss', 'floor', floor)
+        self._class_count_checked = False
 
     def forward(
         self,
@@ -158,9 +197,12 @@ class DISTLoss(nn.Module):
             ``return_parts`` a dict with ``inter`` and ``intra`` that sum to
             it.
         """
+        if not self._class_count_checked:
+            self._class_count_checked = True
+            warn_degenerate_classes(student, self.num_classes, self.beta)
         inter, intra = dist_terms(student, teacher, weight, self.activation,
                                   self.tau, self.num_classes, self.eps,
-                                  self.sync)
+                                  self.sync, self.floor)
         scale = self.loss_weight * self.tau**2
         inter = scale * self.beta * inter
         intra = scale * self.gamma * intra
@@ -173,4 +215,31 @@ class DISTLoss(nn.Module):
         return (f'beta={self.beta}, gamma={self.gamma}, tau={self.tau}, '
                 f'loss_weight={self.loss_weight}, '
                 f'activation={self.activation!r}, '
-                f'num_classes={self.num_classes}, sync={self.sync}')
+                f'num_classes={self.num_classes}, sync={self.sync}, '
+                f'floor={self.floor}')
+
+
+def warn_degenerate_classes(student: Tensor, num_classes: Optional[int],
+                            beta: float) -> None:
+    """Log a warning when rows are too short for the inter-class term.
+
+    A Pearson correlation of two values is always +-1 and of one value is
+    undefined (0 here), so with one or two classes per row the inter-class
+    term is constant and passes (almost) no gradient.
+
+    Args:
+        student (Tensor): Student logits, as given to :func:`dist_terms`.
+        num_classes (int, optional): Columns per row (see :func:`as_rows`).
+        beta (float): Weight of the inter-class term; no warning when 0.
+    """
+    if beta == 0 or student.dim() < 2:
+        return
+    classes = num_classes or student.shape[1]
+    if classes <= 2:
+        print_log(
+            f'DISTLoss: rows of {classes} class(es) (student logits of '
+            f'shape {tuple(student.shape)}): the inter-class Pearson '
+            'correlation of so few values is constant (+-1 or 0), so that '
+            'term passes (almost) no gradient; distil a head with 3 or '
+            'more classes, or set beta=0.',
+            logger='current', level=logging.WARNING)

@@ -147,6 +147,25 @@ def _weighted_first(blocks: List[Tuple[slice, slice]],
     return blocks
 
 
+def _student_floor(norm_t: Tensor, floor: float, eps: float) -> Tensor:
+    """Lower bound of the student's centred norms: ``floor`` times the
+    teacher's matching norms, at least ``eps``.
+
+    Below it a Pearson correlation's gradient grows like one over the
+    student's norm; at it the gradient is at most ``1 / (floor * |u_t|)``
+    and points along the teacher's centred values.
+
+    Args:
+        norm_t (Tensor): The teacher's centred norms (rows or columns).
+        floor (float): Relative floor; 0 gives the paper's ``eps`` clamp.
+        eps (float): Absolute lower bound.
+
+    Returns:
+        Tensor: The bounds, shaped like ``norm_t``.
+    """
+    return (norm_t * floor).clamp_min(eps)
+
+
 def _block_statistics(ys: Tensor, yt: Tensor, w: Optional[Tensor],
                       shifts: Tuple[Tensor, Tensor], rows: Tuple[Tensor, ...],
                       activation: str) -> Tensor:
@@ -247,7 +266,8 @@ class DISTTerms(torch.autograd.Function):
     @staticmethod
     def forward(ctx, student: Tensor, teacher: Tensor,
                 weight: Optional[Tensor], activation: str, tau: float,
-                eps: float, world: int = 1) -> Tuple[Tensor, Tensor]:
+                eps: float, world: int = 1,
+                floor: float = 0.0) -> Tuple[Tensor, Tensor]:
         g, c, p = student.shape
         device = student.device
         # float32 at least (half inputs), float64 kept for gradcheck.
@@ -310,7 +330,9 @@ class DISTTerms(torch.autograd.Function):
 
         # Inter-class: one Pearson correlation per row (their mean summed in
         # float64, like the columns' sums).
-        denom = row_norm_s.clamp_min(eps) * row_norm_t.clamp_min(eps)
+        row_floor = _student_floor(row_norm_t, floor, eps)
+        denom = (torch.maximum(row_norm_s, row_floor) *
+                 row_norm_t.clamp_min(eps))
         row_rho = row_dot / denom
         row_loss = 1.0 - row_rho.double()
         if weight is not None:
@@ -330,23 +352,29 @@ class DISTTerms(torch.autograd.Function):
         sum_s, sum_t = firsts
         means = shifts + firsts / total
         spreads = (seconds - firsts.square() / total).clamp_min(0).sqrt()
-        norm_s, norm_t = spreads.clamp_min(eps)
+        # Lower bounds of the student's and the teacher's spreads.
+        col_floors = torch.stack(
+            [_student_floor(spreads[1], floor, eps),
+             spreads.new_full((c, ), eps)])
+        norm_s, norm_t = torch.maximum(spreads, col_floors)
         col_rho = (sums[4] - sum_s * sum_t / total) / (norm_s * norm_t)
         intra = (1.0 - col_rho).mean().to(dtype)
 
         # d rho / d u_s = u_t / (|u_s| |u_t|) - rho * u_s / |u_s|^2; the
         # second part is the norm's, which passes no gradient while the norm
-        # is clamped at eps.
+        # is held at its floor.
         row_a = 1.0 / denom
-        row_b = torch.where(row_norm_s > eps,
-                            row_rho / row_norm_s.clamp_min(eps).square(), 0.0)
-        unclamped = spreads > eps
+        row_b = torch.where(row_norm_s > row_floor,
+                            row_rho / torch.maximum(row_norm_s,
+                                                    row_floor).square(), 0.0)
+        unclamped = spreads > col_floors
         col_a = 1.0 / (norm_s * norm_t)
         col_b = torch.where(unclamped[0], col_rho / norm_s.square(), 0.0)
         # Backward centres the columns by the mean in two parts, hi + lo, so
-        # the centred values are as exact as float32 values can be. A column
-        # whose spread is clamped keeps only hi: its values equal the mean up
-        # to rounding, and lo times the huge col_a would be noise.
+        # the centred values are as exact as float32 values can be. A
+        # teacher column whose spread is clamped at eps keeps only hi: its
+        # values equal the mean up to rounding, and lo times the huge col_a
+        # would be noise (a student column at its floor has col_b = 0).
         his = means.to(dtype)
         los = torch.where(unclamped, means - his.double(), 0.0)
         # Not save_for_backward: backward overwrites it with the gradient.
@@ -360,7 +388,7 @@ class DISTTerms(torch.autograd.Function):
         if ctx.empty:
             (student, ) = ctx.saved_tensors
             return (torch.zeros_like(student), None, None, None, None, None,
-                    None)
+                    None, None)
         (student, teacher, weight, row_a, row_b, col_a, col_b, his,
          los) = ctx.saved_tensors
         activation, tau, dtype = ctx.activation, ctx.tau, ctx.dtype
@@ -408,4 +436,4 @@ class DISTTerms(torch.autograd.Function):
             if not in_place:
                 grad[gs, :, ps] = block
             del ys, block  # before the next block's are made
-        return grad, None, None, None, None, None, None
+        return grad, None, None, None, None, None, None, None
