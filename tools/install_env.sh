@@ -79,11 +79,12 @@ else
 fi
 
 step "OpenMMLab packages, openmim and test tools"
+# scikit-learn: the digits check reads its UCI digits, MMDet's PAA head needs it.
 # openmim pulls openxlab, some versions of which pin setuptools~=60.2: the pin
 # of setuptools in the same command keeps it at >=77,<81 (torch and
 # pkg_resources users need both bounds).
 pip install -q 'mmengine==0.10.7' 'mmdet==3.3.0' 'mmsegmentation==1.2.2' ftfy regex \
-  'mmpretrain==1.2.0' openmim 'setuptools>=77,<81' pytest pytest-timeout matplotlib pycocotools
+  'mmpretrain==1.2.0' openmim 'setuptools>=77,<81' pytest pytest-timeout matplotlib pycocotools scikit-learn
 
 step "mmdist (editable)"
 pip install -q --no-deps --no-build-isolation -e "$ROOT"

@@ -9,16 +9,24 @@ honour for both models):
 
 1. a CIFAR ResNet-18 teacher is trained alone;
 2. a narrow CIFAR ResNet-18 student (``base_channels=8``) is trained alone,
-   with KD, with DIST, and with DIST under a linear distillation-weight
-   warm-up (``mmdist.DistillWeightHook``), for each seed;
+   with KD, with DIST (the default, floored form of ``DISTLoss``) and with
+   the paper's exact DIST (``floor=0``), for each seed;
+3. with ``--zero-head``, the same student with a zero-initialised linear
+   head (how ViT and DeiT heads start) alone, with DIST and with the
+   paper's DIST; with ``--warmup-iters N``, DIST under a linear
+   distillation-weight warm-up (``mmdist.DistillWeightHook``) too;
 
 and a table of validation top-1 (mean +- standard deviation over seeds) is
 printed. No learning-rate warm-up anywhere, as in the shipped MMPretrain
 configs.
 
 Usage:
-    python tools/analysis/digits_check.py --digits-csv PATH/digits.csv.gz
+    python tools/analysis/digits_check.py [--digits-csv PATH/digits.csv.gz]
         [--work-dir work_dirs/digits] [--epochs 30] [--seeds 0 1 2]
+        [--zero-head] [--warmup-iters N]
+
+``--digits-csv`` defaults to the copy inside the installed scikit-learn
+(``make install`` installs it).
 """
 import argparse
 import copy
@@ -30,6 +38,7 @@ import os.path as osp
 import statistics
 import subprocess
 import sys
+from typing import Dict, Optional
 
 import numpy as np
 from mmengine.config import Config
@@ -93,12 +102,27 @@ def base_config(data_root: str, epochs: int, seed: int) -> Config:
     return cfg
 
 
-def narrow(model: dict) -> dict:
+def narrow(model: dict, zero_head: bool = False) -> dict:
+    """The student: the model at 1/8 width; with ``zero_head`` its linear
+    head starts at zero (weights and bias), as ViT and DeiT heads do."""
     model = copy.deepcopy(model)
     model.backbone.base_channels = 8
     model.backbone.stem_channels = 8
     model.head.in_channels = 64
+    if zero_head:
+        model.head.init_cfg = dict(type='Constant', layer='Linear', val=0)
     return model
+
+
+def default_digits_csv() -> str:
+    """The UCI digits as the installed scikit-learn ships them."""
+    try:
+        import sklearn
+    except ImportError as error:
+        raise SystemExit('scikit-learn is not installed: run `make install` '
+                         'or pass --digits-csv PATH/digits.csv.gz') from error
+    return osp.join(osp.dirname(sklearn.__file__), 'datasets', 'data',
+                    'digits.csv.gz')
 
 
 def train(cfg: Config, work_dir: str) -> float:
@@ -119,16 +143,55 @@ def train(cfg: Config, work_dir: str) -> float:
     return [s['accuracy/top1'] for s in lines if 'accuracy/top1' in s][-1]
 
 
+def student_variants(cfg: Config, kd_terms: Optional[list],
+                     teacher_config: str, teacher_ckpt: str,
+                     zero_head: bool) -> Dict[str, Config]:
+    """The student alone, with KD (when ``kd_terms`` are given), with
+    DIST as shipped and with the paper's exact DIST (``floor=0``).
+
+    Args:
+        cfg (Config): The shipped DIST config on the digits.
+        kd_terms (list, optional): The shipped KD config's terms.
+        teacher_config (str): The trained teacher's config.
+        teacher_ckpt (str): Its checkpoint.
+        zero_head (bool): Start the student's head at zero.
+
+    Returns:
+        dict[str, Config]: Variant name to config.
+    """
+    student = narrow(cfg.model.student, zero_head)
+    alone = copy.deepcopy(cfg)
+    alone.model = student
+    variants = {'student alone': alone}
+    cfg.model.student = student
+    cfg.model.teacher = teacher_config
+    cfg.model.teacher_ckpt = teacher_ckpt
+    if kd_terms is not None:
+        kd = copy.deepcopy(cfg)
+        kd.model.distill_terms = kd_terms
+        variants['KD'] = kd
+    variants['DIST'] = cfg
+    paper = copy.deepcopy(cfg)
+    for term in paper.model.distill_terms:
+        term.loss.floor = 0.
+    variants['DIST (paper form, floor=0)'] = paper
+    return variants
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--digits-csv', required=True)
+    parser.add_argument('--digits-csv', default=None)
     parser.add_argument('--work-dir', default='work_dirs/digits')
     parser.add_argument('--epochs', type=int, default=30)
-    parser.add_argument('--warmup-iters', type=int, default=40)
+    parser.add_argument('--warmup-iters', type=int, default=0,
+                        help='also DIST with a linear distillation-weight '
+                        'warm-up of this many iterations (0: not run)')
+    parser.add_argument('--zero-head', action='store_true',
+                        help='also students with a zero-initialised head')
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     args = parser.parse_args()
     data_root = osp.abspath(osp.join(args.work_dir, 'data'))
-    write_digits(args.digits_csv, data_root)
+    write_digits(args.digits_csv or default_digits_csv(), data_root)
 
     # The teacher: the student's config at full width, trained alone.
     dist = base_config(data_root, args.epochs, seed=0)
@@ -143,27 +206,25 @@ def main() -> None:
         osp.join(ROOT, 'configs/mmpretrain/*cifar100*_kd.py')))[0]
     kd_terms = Config.fromfile(kd_path).model.distill_terms
     for seed in args.seeds:
-        cfg = base_config(data_root, args.epochs, seed)
-        student = narrow(cfg.model.student)
-        alone = copy.deepcopy(cfg)
-        alone.model = student
-        variants = {'student alone': alone}
-        cfg.model.student = student
-        cfg.model.teacher = osp.join(teacher_dir, 'config.py')
-        cfg.model.teacher_ckpt = teacher_ckpt
-        kd = copy.deepcopy(cfg)
-        kd.model.distill_terms = kd_terms
-        variants['KD'] = kd
-        variants['DIST'] = cfg
-        warm = copy.deepcopy(cfg)
-        warm.custom_hooks = [
-            dict(type='mmdist.DistillWeightHook', schedule='linear',
-                 end=args.warmup_iters)
-        ]
-        variants[f'DIST, distillation warm-up {args.warmup_iters} it'] = warm
+        variants = student_variants(
+            base_config(data_root, args.epochs, seed), kd_terms,
+            osp.join(teacher_dir, 'config.py'), teacher_ckpt, False)
+        if args.warmup_iters:
+            warm = copy.deepcopy(variants['DIST'])
+            warm.custom_hooks = [
+                dict(type='mmdist.DistillWeightHook', schedule='linear',
+                     end=args.warmup_iters)
+            ]
+            variants[f'DIST, warm-up {args.warmup_iters} it'] = warm
+        if args.zero_head:
+            zero = student_variants(
+                base_config(data_root, args.epochs, seed), None,
+                osp.join(teacher_dir, 'config.py'), teacher_ckpt, True)
+            variants.update(
+                {f'{name}, zero-init head': v for name, v in zero.items()})
         for name, variant in variants.items():
-            slug = name.split(',')[0].replace(' ', '_') + (
-                '_warmup' if 'warm-up' in name else '')
+            slug = name.replace(', ', '_').replace(' ', '_').replace(
+                '(', '').replace(')', '').replace('=', '')
             top1 = train(variant,
                          osp.join(args.work_dir, f'{slug}_seed{seed}'))
             results.setdefault(name, []).append(top1)
