@@ -48,10 +48,9 @@ and its gradient is scaled so that DDP's averaging gives the global loss's
 gradient. Every rank must call the loss the same number of times per step.
 Without a process group (or with one process) it changes nothing.
 """
-import logging
+import warnings
 from typing import Dict, Optional, Tuple, Union
 
-from mmengine.logging import print_log
 from torch import Tensor, nn
 
 from mmdist.registry import MODELS
@@ -221,7 +220,7 @@ class DISTLoss(nn.Module):
 
 def warn_degenerate_classes(student: Tensor, num_classes: Optional[int],
                             beta: float) -> None:
-    """Log a warning when rows are too short for the inter-class term.
+    """Warn when rows are too short for the inter-class term.
 
     A Pearson correlation of two values is always +-1 and of one value is
     undefined (0 here), so with one or two classes per row the inter-class
@@ -236,10 +235,9 @@ def warn_degenerate_classes(student: Tensor, num_classes: Optional[int],
         return
     classes = num_classes or student.shape[1]
     if classes <= 2:
-        print_log(
+        warnings.warn(
             f'DISTLoss: rows of {classes} class(es) (student logits of '
             f'shape {tuple(student.shape)}): the inter-class Pearson '
             'correlation of so few values is constant (+-1 or 0), so that '
             'term passes (almost) no gradient; distil a head with 3 or '
-            'more classes, or set beta=0.',
-            logger='current', level=logging.WARNING)
+            'more classes, or set beta=0.', stacklevel=3)
