@@ -25,9 +25,11 @@ LOSS_ROWS = ('retinanet_p3-p7', 'dense', 'cityscapes_1/8', 'cityscapes_full',
 LOSS_NUMBERS = ('reference_ms', 'mmdist_ms', 'time_ratio', 'reference_mb',
                 'mmdist_mb', 'memory_ratio', 'reference_launches',
                 'mmdist_launches', 'value_rel_diff', 'grad_rel_diff')
-AUTOCAST_ROWS = ('fp32 strict', 'fp32', 'fp16', 'bf16')
+# 'fast fp16' is CUDA only: teacher_precision refuses fp16 on a CPU.
+AUTOCAST_ROWS = ('fp32 strict', 'fp32', 'fp16', 'bf16', 'folded fp32',
+                 'fast bf16')
 AUTOCAST_NUMBERS = ('ms', 'time_ratio', 'mb', 'max_logit_diff',
-                    'max_abs_logit', 'top1_agreement')
+                    'max_abs_logit', 'kl', 'top1_agreement')
 # What the GPU machine has of what ``import mmengine.registry`` needs.
 ON_GPU_MACHINE = {'numpy', 'pyyaml', 'rich', 'packaging', 'torch'}
 
@@ -88,7 +90,8 @@ def test_every_row_with_finite_numbers(cpu_run):
     assert report['errors'] == {}
     assert report['policy'] == 'gpu'
     # The table is printed and kept beside the JSON.
-    assert 'teacher_autocast' in stdout
+    assert 'teacher form' in stdout
+    assert 'fast fp16 left out' in stdout and 'refused on a CPU' in stdout
     assert (out / 'gpu_check.txt').read_text().count('retinanet_p3-p7') >= 2
 
 
@@ -105,9 +108,19 @@ def test_same_results_and_op_bound(cpu_run):
         assert row['grad_rel_diff'] < 1e-4, name
         # Issue 12: under the GPU policy at most 3x the published count.
         assert row['mmdist_launches'] <= 3 * row['reference_launches'], name
+
+
+def test_fast_form_rows(cpu_run):
+    report, _, _ = cpu_run
     # On the CPU fp32 is fp32 strict (TF32 is a CUDA setting).
     assert report['autocast']['fp32']['max_logit_diff'] == 0
     assert report['autocast']['fp32 strict']['max_logit_diff'] == 0
+    # Folding BatchNorm is exact up to float32 rounding (which this small
+    # calibrated network amplifies: 6e-5 of the largest logit seen).
+    folded = report['autocast']['folded fp32']
+    assert folded['max_logit_diff'] < 1e-3 * folded['max_abs_logit']
+    assert folded['top1_agreement'] == 1
+    assert report['autocast']['fast bf16']['logits_dtype'] == 'float32'
 
 
 def test_missing_wheel_folder_is_refused(tmp_path):

@@ -1,4 +1,4 @@
-"""The prepared GPU check: DISTLoss and teacher autocast on one device.
+"""The prepared GPU check: DISTLoss and the teacher's fast form on one device.
 
 Built on ``benchmark_loss.py`` (its reference formulation, its interleaved
 timer and its peak-memory measure). On the shapes users train with it runs
@@ -21,11 +21,16 @@ authors' layout (every channel of a position a column) for 2 images at
 1/8 and at full resolution; 1024 RoIs x 81 classes; ImageNet 256 x 1000 at
 tau 1 and 4.
 
-Then the teacher's ``teacher_autocast``: a ResNet-50-sized network in pure
-torch, forward under ``torch.no_grad`` in fp32 and under fp16 / bf16
-autocast, with the time and the largest logit difference against strict
-fp32 (TF32 off); and edge cases of the loss on the device (a batch of one,
-fp16/bf16 logits).
+Then the teacher: a ResNet-50-sized network in pure torch with non-trivial
+BatchNorm statistics and affine parameters, forward under ``torch.no_grad``
+in fp32, under fp16 / bf16 autocast alone, and in the fast form that
+``teacher_precision='bf16'|'fp16'`` builds (``mmdist/distillers/
+fast_form.py``, loaded by file path: BatchNorm folded into the convolutions,
+channels_last, autocast; ``folded fp32`` is the same without autocast, to
+show the folding exact). Per row: the time and its ratio to fp32, the peak
+memory, and against strict fp32 (TF32 off) the largest logit difference,
+the mean softmax KL and the top-1 agreement; and edge cases of the loss on
+the device (a batch of one, fp16/bf16 logits).
 
 Needs only torch: mmdist's losses are loaded without ``mmdist/__init__.py``
 (see :func:`import_losses`), with MMEngine's registry when MMEngine imports
@@ -42,9 +47,11 @@ segmentation shapes) are reported, not enforced.
 """
 import argparse
 import contextlib
+import copy
 import ctypes
 import datetime
 import functools
+import importlib.util
 import json
 import math
 import os
@@ -118,6 +125,9 @@ CPU_CASES = {
 CUDA_TEACHER = (32, 224, 64)
 CPU_TEACHER = (2, 64, 8)
 AUTOCAST_MODES = ('fp32 strict', 'fp32', 'fp16', 'bf16')
+# The fast form as teacher_precision builds it (fp16: CUDA only, the
+# option refuses it on a CPU).
+FAST_MODES = ('folded fp32', 'fast bf16', 'fast fp16')
 
 
 def import_losses():
@@ -148,6 +158,16 @@ def import_losses():
         registry = f'stub (MMEngine does not import: {error})'
     import mmdist.losses
     return mmdist.losses, registry
+
+
+def import_fast_form():
+    """``mmdist/distillers/fast_form.py`` by file path: it imports only
+    torch, and the package's ``__init__`` would import OpenMMLab."""
+    path = os.path.join(ROOT, 'mmdist', 'distillers', 'fast_form.py')
+    spec = importlib.util.spec_from_file_location('mmdist_fast_form', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def case_inputs(case, device):
@@ -319,13 +339,17 @@ def calibrated_teacher(device, batch, size, width):
     """A randomly initialised teacher whose BatchNorm statistics are those
     of its input, so that its activations and logits have a trained
     network's scale (fresh running statistics would let them grow from
-    block to block)."""
+    block to block), and whose BatchNorm affine parameters are not the
+    identity, so that folding them has something to get wrong."""
     torch.manual_seed(0)
     model = ResNet50Like(width).to(device)
     images = torch.randn(batch, 3, size, size, device=device)
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d):
             module.momentum = None  # cumulative average
+            with torch.no_grad():
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0, 0.1)
     with torch.no_grad(), tf32(False):
         model.train()(images)
     return model.eval(), images
@@ -346,8 +370,8 @@ def tf32(enabled):
 
 
 def teacher_forward(model, images, mode):
-    """The teacher's forward as the distiller runs it with
-    ``teacher_autocast``: no gradients, autocast for fp16 / bf16."""
+    """The teacher's forward under ``torch.no_grad``: strict fp32 (TF32
+    off), fp32, or fp16 / bf16 autocast alone."""
     context = contextlib.nullcontext()
     if mode == 'fp32 strict':
         context = tf32(False)
@@ -358,18 +382,67 @@ def teacher_forward(model, images, mode):
         return model(images)
 
 
+def fast_teachers(fast_form, model, images):
+    """The fast forms of ``model``, each on its own copy:
+    ``{mode: (forward, note)}``.
+
+    ``fast bf16`` / ``fast fp16`` are the form ``teacher_precision`` makes
+    on this device (:func:`fast_form.make_fast` after
+    :func:`fast_form.resolve_precision`: a bf16 request on hardware without
+    bf16 falls back to fp32, as the distiller does, and the note says so;
+    fp16 on a CPU is refused and the row is left out). ``folded fp32`` is
+    the same folding and channels_last without autocast."""
+    modes = {}
+    for mode in FAST_MODES:
+        teacher = copy.deepcopy(model)
+        probe = functools.partial(teacher, images[:1])
+        if mode == 'folded fp32':
+            folded = fast_form.fold_batchnorm(teacher, probe)
+            teacher.to(memory_format=torch.channels_last)
+            form = fast_form.TeacherForm(None, True, folded)
+            note = f'{len(folded)} BatchNorm layers folded + channels_last'
+        else:
+            try:
+                dtype, note = fast_form.resolve_precision(
+                    mode.split()[-1], images.device)
+            except ValueError as error:
+                print(f'gpu_check: {mode} left out: {error}')
+                continue
+            form = fast_form.TeacherForm()
+            if dtype is not None:
+                form = fast_form.make_fast(teacher, dtype, probe,
+                                           outputs=['fc'])
+            note = note or form.describe()
+        modes[mode] = (functools.partial(fast_forward, teacher, form,
+                                         images), note)
+    return modes
+
+
+def fast_forward(model, form, images):
+    """A forward as the distiller runs its teacher: the form's input
+    layout and autocast, no gradients."""
+    with torch.no_grad(), form.autocast(images.device.type):
+        return model(form.prepare(images))
+
+
 def measure_autocast(device, runs, warmup):
     batch, size, width = CUDA_TEACHER if device == 'cuda' else CPU_TEACHER
     model, images = calibrated_teacher(device, batch, size, width)
+    fast_form = import_fast_form()
     steps = {
         mode: functools.partial(teacher_forward, model, images, mode)
         for mode in AUTOCAST_MODES
     }
+    notes = {}
+    for mode, (step, note) in fast_teachers(fast_form, model,
+                                            images).items():
+        steps[mode], notes[mode] = step, note
     times = benchmark_loss.time_steps(steps, device, runs, warmup=warmup)
     strict = steps['fp32 strict']().double()
     rows = {}
     for mode, step in steps.items():
         logits = step().double()
+        agreement = fast_form.output_agreement(logits, strict)
         rows[mode] = dict(
             shape=f'ResNet-50-like width {width}, ({batch}, 3, {size}, '
             f'{size}) -> {tuple(logits.shape)}',
@@ -377,10 +450,13 @@ def measure_autocast(device, runs, warmup):
             ms_min=min(times[mode]),
             ms_max=max(times[mode]),
             mb=benchmark_loss.peak_extra_bytes(step, device) / 2**20,
-            max_logit_diff=float((logits - strict).abs().max()),
-            max_abs_logit=float(strict.abs().max()),
-            top1_agreement=float(
-                (logits.argmax(1) == strict.argmax(1)).double().mean()))
+            max_logit_diff=agreement['max_abs_diff'],
+            max_abs_logit=agreement['max_abs_ref'],
+            kl=agreement['kl'],
+            top1_agreement=agreement['top1_agreement'],
+            logits_dtype=str(step().dtype).replace('torch.', ''))
+        if mode in notes:
+            rows[mode]['form'] = notes[mode]
     for row in rows.values():
         row['time_ratio'] = row['ms'] / rows['fp32']['ms']
     return rows
@@ -452,19 +528,25 @@ def print_tables(report):
     print()
     if not report['autocast']:
         return
-    header = (f'{"teacher_autocast":<16} {"ms":>8} {"ratio":>6} {"MB":>8} '
+    header = (f'{"teacher form":<16} {"ms":>8} {"ratio":>6} {"MB":>8} '
               f'{"max |logit diff|":>16} {"max |logit|":>11} '
-              f'{"top-1 agree":>11}')
+              f'{"mean KL":>9} {"top-1 agree":>11}')
     print(next(iter(report['autocast'].values()))['shape'])
     print(header)
     print('-' * len(header))
     for mode, r in report['autocast'].items():
         print(f'{mode:<16} {r["ms"]:8.3f} {r["time_ratio"]:5.2f}x '
               f'{r["mb"]:8.1f} {r["max_logit_diff"]:16.2e} '
-              f'{r["max_abs_logit"]:11.2f} {r["top1_agreement"]:11.4f}')
-    print("teacher forward under no_grad; ratio against 'fp32' (torch's "
-          "defaults: TF32 convolutions on CUDA); logit differences against "
-          "'fp32 strict' (TF32 off)")
+              f'{r["max_abs_logit"]:11.2f} {r["kl"]:9.2e} '
+              f'{r["top1_agreement"]:11.4f}')
+    for mode, r in report['autocast'].items():
+        if 'form' in r:
+            print(f'{mode}: {r["form"]}')
+    print("teacher forward under no_grad (teacher_precision's fast form: "
+          "mmdist/distillers/fast_form.py); ratio against 'fp32' (torch's "
+          "defaults: TF32 convolutions on CUDA); logit differences, softmax "
+          "KL(strict || row) and top-1 agreement against 'fp32 strict' "
+          "(TF32 off)")
 
 
 def main():

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The prepared GPU check, one command: DISTLoss against the published
 # formulation (CUDA-event times, peak memory, kernel launches) on the shapes
-# users train with, teacher_autocast fp16/bf16 against fp32, and the loss's
-# edge cases on the GPU. See tools/analysis/gpu_check.py.
+# users train with; the teacher's fast form (teacher_precision: BatchNorm
+# folded, channels_last, bf16/fp16 autocast; mmdist/distillers/fast_form.py)
+# and autocast alone against fp32 on a ResNet-50 (time ratio, max logit
+# difference, KL, top-1 agreement); and the loss's edge cases on the GPU.
+# See tools/analysis/gpu_check.py.
 #
 # Needs a python3 with a CUDA build of torch (2.4 or newer). Nothing from
 # OpenMMLab and no network: with a wheel folder it installs the wheels in it
