@@ -23,10 +23,12 @@ configs.
 Usage:
     python tools/analysis/digits_check.py [--digits-csv PATH/digits.csv.gz]
         [--work-dir work_dirs/digits] [--epochs 30] [--seeds 0 1 2]
-        [--zero-head] [--warmup-iters N]
+        [--zero-head] [--warmup-iters N] [--teacher-precision bf16]
 
 ``--digits-csv`` defaults to the copy inside the installed scikit-learn
-(``make install`` installs it).
+(``make install`` installs it). The teacher distils in its fast form
+(``teacher_precision='bf16'``; float32 on a CPU without bf16); compare with
+``--teacher-precision float32`` in another ``--work-dir``.
 """
 import argparse
 import copy
@@ -66,12 +68,14 @@ def write_digits(csv_path: str, root: str) -> None:
         image.convert('RGB').save(osp.join(folder, f'{sample}.png'))
 
 
-def base_config(data_root: str, epochs: int, seed: int) -> Config:
+def base_config(data_root: str, epochs: int, seed: int,
+                teacher_precision: str = 'bf16') -> Config:
     """The shipped CIFAR-100 DIST config on the digits."""
     path = sorted(glob.glob(
         osp.join(ROOT, 'configs/mmpretrain/*cifar100*_dist.py')))[0]
     cfg = Config.fromfile(path)
     cfg.model.student.head.num_classes = 10
+    cfg.model.teacher_precision = teacher_precision
     train = [
         dict(type='LoadImageFromFile'),
         dict(type='RandomCrop', crop_size=SIZE, padding=2),
@@ -189,6 +193,9 @@ def main() -> None:
     parser.add_argument('--zero-head', action='store_true',
                         help='also students with a zero-initialised head')
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
+    parser.add_argument('--teacher-precision', default='bf16',
+                        choices=['float32', 'bf16'],
+                        help="the distillers' teacher_precision")
     args = parser.parse_args()
     data_root = osp.abspath(osp.join(args.work_dir, 'data'))
     write_digits(args.digits_csv or default_digits_csv(), data_root)
@@ -207,7 +214,8 @@ def main() -> None:
     kd_terms = Config.fromfile(kd_path).model.distill_terms
     for seed in args.seeds:
         variants = student_variants(
-            base_config(data_root, args.epochs, seed), kd_terms,
+            base_config(data_root, args.epochs, seed,
+                        args.teacher_precision), kd_terms,
             osp.join(teacher_dir, 'config.py'), teacher_ckpt, False)
         if args.warmup_iters:
             warm = copy.deepcopy(variants['DIST'])
@@ -218,7 +226,8 @@ def main() -> None:
             variants[f'DIST, warm-up {args.warmup_iters} it'] = warm
         if args.zero_head:
             zero = student_variants(
-                base_config(data_root, args.epochs, seed), None,
+                base_config(data_root, args.epochs, seed,
+                            args.teacher_precision), None,
                 osp.join(teacher_dir, 'config.py'), teacher_ckpt, True)
             variants.update(
                 {f'{name}, zero-init head': v for name, v in zero.items()})
