@@ -14,6 +14,7 @@ from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from mmengine.structures import BaseDataElement
 from torch import Tensor, nn
 
 # Probe pixel value: exact in every float dtype, inside the uint8 range.
@@ -28,7 +29,13 @@ def pixel_map(preprocessor: nn.Module,
     The preprocessor runs in test mode (no batch augmentation) on
     ``channels + 1`` constant images: all zeros, then one image per channel
     with only that channel set. The top-left output pixel of each gives the
-    columns of ``A`` and ``b`` in ``out = A @ pixel + b``.
+    columns of ``A`` and ``b`` in ``out = A @ pixel + b``. Each probe comes
+    with an empty data sample, because some test-mode settings write into
+    them (MMSeg's ``test_cfg=dict(size_divisor=32)`` pads and records the
+    padding per sample; MMDet records ``batch_input_shape``). Padding
+    (``size_divisor``, ``pad_val``) only adds pixels to the right and
+    bottom, so the top-left pixel is the image's own; batch augmentations
+    run only in training mode and are not probed.
 
     Args:
         preprocessor (nn.Module): An OpenMMLab data preprocessor (MMEngine
@@ -46,7 +53,13 @@ def pixel_map(preprocessor: nn.Module,
         probes.append(image)
     try:
         with torch.no_grad():
-            out = preprocessor(dict(inputs=probes, data_samples=None),
+            samples = [
+                BaseDataElement(metainfo=dict(
+                    img_shape=(_PROBE_SIZE, _PROBE_SIZE),
+                    ori_shape=(_PROBE_SIZE, _PROBE_SIZE)))
+                for _ in probes
+            ]
+            out = preprocessor(dict(inputs=probes, data_samples=samples),
                                False)['inputs']
     except Exception as error:
         raise RuntimeError(
