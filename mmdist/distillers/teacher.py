@@ -77,6 +77,37 @@ def load_teacher_config(teacher: Union[str, dict],
     return model
 
 
+def _without_pretrained(init_cfg):
+    """``init_cfg`` without its ``Pretrained`` entries (None if none left)."""
+    if isinstance(init_cfg, dict):
+        return None if init_cfg.get('type') == 'Pretrained' else init_cfg
+    if isinstance(init_cfg, (list, tuple)):
+        kept = [c for c in init_cfg if _without_pretrained(c) is not None]
+        return kept or None
+    return init_cfg
+
+
+def init_random_teacher(model: nn.Module) -> None:
+    """Initialise a teacher that has no checkpoint as the Runner would
+    (``init_weights()``), without the downloads its ``init_cfg`` may name.
+
+    Some parameters are set only by ``init_weights`` (SSD's
+    ``neck.l2_norm.weight``, DINO's ``level_embed``); left alone they hold
+    uninitialised memory. Every ``Pretrained`` entry of every submodule's
+    ``init_cfg`` is dropped first, so the backbone is initialised as its
+    ``init_weights`` does without pretrained weights (Swin/MiT-style
+    backbones load them only when their ``init_cfg`` says ``Pretrained``).
+
+    Args:
+        model (nn.Module): The freshly built teacher, changed in place.
+    """
+    for module in model.modules():
+        if hasattr(module, 'init_cfg'):
+            module.init_cfg = _without_pretrained(module.init_cfg)
+    if hasattr(model, 'init_weights'):
+        model.init_weights()
+
+
 def build_frozen_teacher(teacher: Union[str, dict],
                          checkpoint: Optional[str],
                          default_preprocessor: Optional[dict] = None
@@ -90,8 +121,9 @@ def build_frozen_teacher(teacher: Union[str, dict],
         teacher (str | dict): Config path or model dict
             (see :func:`load_teacher_config`).
         checkpoint (str, optional): Local path or URL of the teacher's
-            weights. ``None`` leaves the teacher randomly initialised (tests
-            and demos only) and warns loudly.
+            weights. ``None`` leaves the teacher randomly initialised by its
+            ``init_weights()`` (see :func:`init_random_teacher`; tests and
+            demos only) and warns loudly.
         default_preprocessor (dict, optional): See
             :func:`load_teacher_config`.
 
@@ -111,6 +143,7 @@ def build_frozen_teacher(teacher: Union[str, dict],
             'tests and demos.\n' + '!' * 70,
             logger='current',
             level=logging.WARNING)
+        init_random_teacher(model)
     else:
         if '://' not in checkpoint and not osp.isfile(
                 osp.expanduser(checkpoint)):
