@@ -1,12 +1,13 @@
 """tools/analysis/collect_results.py on real runs: the table, the recipe
 check, unfinished runs, and Results written into metafiles."""
 import json
+import re
 import shutil
 
 import pytest
 import yaml
 
-from helpers import run_tool
+from helpers import REPO, run_tool
 from mmdist.utils.config import PACKAGE_DIR
 
 INDEX_HEADER = '# a metafile of the test\n# second comment line\n'
@@ -128,7 +129,8 @@ def test_update_metafiles_writes_only_runs_with_the_recipe(tiny_run,
     assert rows['tiny_resnet_dist.py']['reproduced'] == f'{value:.2f}'
     assert 'recipe differs from the config' in rows['tiny_other_lr.py'][
         'reproduced']
-    assert "'lr': 0.1" in rows['tiny_other_lr.py']['reproduced']
+    assert 'optim_wrapper.optimizer.lr: 0.1 (shipped 0.2)' in rows[
+        'tiny_other_lr.py']['reproduced']
     assert 'at epoch 1 of 2' in rows['tiny_longer.py']['reproduced']
     assert 'not written: tiny_other_lr' in out
     assert 'not written: tiny_longer' in out
@@ -184,3 +186,172 @@ def test_readme_results_table_is_the_tools_output():
     table = '\n'.join(line for line in out.splitlines()
                       if line.startswith('| '))
     assert table in (REPO / 'README.md').read_text()
+
+
+# ------------------------------------------------- fabricated work dirs
+RETINA = 'retinanet_x101-64x4d_to_r50_fpn_2x_coco_dist'
+
+
+def fake_run(work_dir, name, config_text, records, world=8,
+             stamp='20260101_000000'):
+    """A work dir as tools/train.py leaves it: the config copy, the dumped
+    config, ``scalars.json`` (lines given as they are) and the log line
+    with the number of processes."""
+    vis = work_dir / stamp / 'vis_data'
+    vis.mkdir(parents=True)
+    (vis / 'config.py').write_text(config_text)
+    (work_dir / f'{name}.py').write_text(config_text)
+    (vis / 'scalars.json').write_text(''.join(
+        (r if isinstance(r, str) else json.dumps(r)) + '\n'
+        for r in records))
+    (work_dir / stamp / f'{stamp}.log').write_text(
+        f'2026/01/01 00:00:00 - mmengine - INFO - GPU number: {world}\n')
+
+
+def as_trained(path, edit=None):
+    """The text of a config as tools/train.py dumps it for a DDP run, its
+    data under another root (``edit`` changes the config first)."""
+    from mmengine.config import Config
+
+    from mmdist.engine import enable_fault_tolerance
+    from mmdist.utils import resolve_teacher_paths
+    cfg = Config.fromfile(str(path))
+    if edit:
+        edit(cfg)
+    cfg.launcher = 'pytorch'
+    resolve_teacher_paths(cfg, str(path))
+    cfg.work_dir = '/elsewhere/work_dirs/run'
+    cfg.default_hooks.logger.interval = 10
+    enable_fault_tolerance(cfg)
+    # What cpu_launch_config adds for a DDP run on CPUs.
+    cfg.model_wrapper_cfg = dict(type='mmdist.CPUCompatibleDDP',
+                                 broadcast_buffers=False)
+    cfg.env_cfg.dist_cfg = dict(backend='gloo')
+
+    def move(node):  # the data set under /mnt/coco/ instead
+        if isinstance(node, dict):
+            return {k: move(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [move(v) for v in node]
+        if isinstance(node, str) and node.startswith('data/coco/'):
+            return '/mnt/coco/' + node[len('data/coco/'):]
+        return node
+
+    for key in ('data_root', 'train_dataloader', 'val_dataloader',
+                'val_evaluator', 'test_dataloader', 'test_evaluator'):
+        if key in cfg:
+            value = cfg[key]
+            cfg[key] = move(value.to_dict() if hasattr(value, 'to_dict')
+                            else value)
+    dumped = path.parent / f'.dump_{path.name}'
+    try:
+        cfg.dump(str(dumped))
+        return dumped.read_text()
+    finally:
+        dumped.unlink()
+
+
+def table_lines(output: str) -> list:
+    """Every row of the printed table, as dicts (duplicates kept)."""
+    lines = [line for line in output.splitlines() if line.startswith('| ')]
+    cols = [c.strip() for c in lines[0].strip('|').split('|')]
+    return [dict(zip(cols, (c.strip() for c in line.strip('|').split('|'))))
+            for line in lines[2:]]
+
+
+def test_runs_are_compared_whole_and_bad_work_dirs_are_skipped(tmp_path):
+    """Issue 23, items 2 and 3, in one table:
+
+    - a run of the shipped RetinaNet recipe (data elsewhere, DDP, the
+      tools' hooks) matches it and is written to the metafile;
+    - one with a ResNet-18 student and another training Resize is
+      "recipe differs", named, and not written (it was credited before);
+    - a truncated last line of scalars.json, a validation without metrics
+      and a dumped ``lr=inf`` no longer abort the table: the first is read
+      up to that line, the others are skipped naming the work dir;
+    - two work dirs of one config are told apart by the work dir column;
+    - a plain run's teacher is "- (student alone)";
+    - ``--index configs/model-index.yml`` (the repository's layout) loads.
+    """
+    configs = tmp_path / 'repo' / 'configs'
+    shutil.copytree(REPO / 'configs', configs,
+                    ignore=shutil.ignore_patterns('demo'))
+    shipped = configs / 'mmdet' / f'{RETINA}.py'
+    same = as_trained(shipped)
+
+    def smaller(cfg):
+        cfg.model.student.backbone.depth = 18
+        cfg.model.student.neck.in_channels = [64, 128, 256, 512]
+        (resize, ) = [t for t in cfg.train_dataloader.dataset.pipeline
+                      if t['type'] == 'Resize']
+        resize['scale'] = (666, 400)
+
+    other = as_trained(shipped, smaller)
+    val = {'coco/bbox_mAP': 0.301, 'coco/bbox_mAP_50': 0.5, 'step': 24}
+    train = {'lr': 0.01, 'loss': 1.0, 'step': 100}
+    runs = tmp_path / 'work_dirs'
+    fake_run(runs / 'a', RETINA, same, [train, val])
+    fake_run(runs / 'b', RETINA, other, [train, val])
+    fake_run(runs / 'c', RETINA, same,
+             [train, dict(val, step=12), '{"lr": 0.01, "lo'])
+    plain = as_trained(REPO / 'configs' / 'mmpretrain' /
+                       'resnet18_1xb64_cifar100.py')
+    fake_run(runs / 'plain', 'my_cifar_run', plain,
+             [{'accuracy/top1': 41.5, 'step': 240}], world=1)
+    fake_run(runs / 'diverged', 'my_cifar_run', plain,
+             [train, {'step': 240}], world=1)
+    fake_run(runs / 'inf_lr', 'my_cifar_run',
+             plain.replace('lr=0.05', 'lr=inf'),
+             [{'accuracy/top1': 1.0, 'step': 240}], world=1)
+
+    index = configs / 'model-index.yml'
+    proc = run_tool('analysis/collect_results.py', runs, '--index', index,
+                    '--update-metafiles')
+    rows = table_lines(proc.stdout)
+    by_dir = {row['work dir'].split('/')[-1]: row for row in rows}
+    assert sorted(by_dir) == ['a', 'b', 'c', 'plain']
+    assert by_dir['a']['reproduced'] == '30.1'
+    assert by_dir['a']['schedule'] == '24 epochs x 16 images (8x2)'
+    differs = by_dir['b']['reproduced']
+    assert differs.startswith('30.1 (recipe differs from the config: ')
+    assert 'model.student.backbone.depth: 18 (shipped 50)' in differs
+    assert ('model.student.neck.in_channels: [64, 128, 256, 512] (shipped '
+            '[256, 512, 1024, 2048])') in differs
+    assert by_dir['c']['reproduced'] == '30.1 (at epoch 12 of 24)'
+    assert by_dir['plain']['teacher'] == '- (student alone)'
+    assert by_dir['plain']['config'] == '`my_cifar_run.py`'
+
+    err = proc.stderr
+    assert re.search(r'last line is truncated', err)
+    assert re.search(rf'skipping {runs / "diverged"}: its last validation '
+                     r'\(step 240.*returned no metrics', err)
+    assert re.search(rf"skipping {runs / 'inf_lr'}: its config .* does not "
+                     r"load \(NameError: name 'inf' is not defined", err)
+
+    out = proc.stdout
+    assert f'not written: {RETINA} ({runs / "b"}): its recipe differs' in out
+    assert ('train_dataloader.dataset.pipeline.2.scale: [666, 400] '
+            '(shipped [1333, 800])') in out
+    assert f'written: {RETINA}: box AP 30.1' in out
+    meta = yaml.safe_load((configs / 'mmdet' / 'metafile.yml').read_text())
+    (model, ) = [m for m in meta['Models'] if m['Name'] == RETINA]
+    assert model['Results'][0]['Metrics'] == {'box AP': 30.1}
+
+
+def test_every_ignored_key_is_named_with_a_reason():
+    """The keys left out of the comparison are listed with why."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        'collect_results', REPO / 'tools' / 'analysis' / 'collect_results.py')
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert all(key and reason for key, reason in tool.IGNORED)
+    a = dict(model=dict(student=dict(depth=50)), work_dir='a',
+             train_dataloader=dict(num_workers=2, dataset=dict(
+                 data_root='/x/', ann_file='/x/train.json')))
+    b = dict(model=dict(student=dict(depth=18)), work_dir='b',
+             train_dataloader=dict(num_workers=8, dataset=dict(
+                 data_root='/y', ann_file='/y/train.json')))
+    assert tool.config_differences(b, a) == [
+        'model.student.depth: 18 (shipped 50)'
+    ]

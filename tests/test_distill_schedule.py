@@ -50,7 +50,8 @@ def test_bad_settings_name_the_key(kwargs, key):
 def test_bad_settings_fail_before_training(tmp_path):
     cfg = Config.fromfile(str(tiny_classification_config(tmp_path)))
     cfg.work_dir = str(tmp_path / 'work')
-    cfg.custom_hooks = [dict(type='mmdist.DistillWeightHook', stop=0)]
+    cfg.custom_hooks = [dict(type='mmdist.DistillWeightHook',
+                             schedule='linear', end=4, stop=0)]
     with pytest.raises(ValueError, match='stop'):
         Runner.from_cfg(cfg)
 

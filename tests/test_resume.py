@@ -189,12 +189,13 @@ def test_enable_fault_tolerance_keeps_the_arguments():
     assert cfg.default_hooks.checkpoint == dict(
         type='mmdist.SafeCheckpointHook', interval=2, max_keep_ckpts=3,
         save_best='auto')
-    assert cfg.custom_hooks == [dict(type='mmdist.PreemptionHook')]
+    assert cfg.custom_hooks == [dict(type='mmdist.PreemptionHook'),
+                                dict(type='mmdist.DivergenceGuardHook')]
     assert cfg.train_cfg == dict(
         type='mmdist.ResumableEpochBasedTrainLoop', max_epochs=12,
         val_interval=1)
     enable_fault_tolerance(cfg)  # idempotent
-    assert len(cfg.custom_hooks) == 1
+    assert len(cfg.custom_hooks) == 2
 
     # Custom parts and switched-off checkpoints are left alone.
     cfg = Config(dict(
@@ -202,5 +203,5 @@ def test_enable_fault_tolerance_keeps_the_arguments():
         train_cfg=dict(type='IterBasedTrainLoop', max_iters=10)))
     enable_fault_tolerance(cfg)
     assert cfg.default_hooks.checkpoint is None
-    assert not cfg.get('custom_hooks')
+    assert cfg.custom_hooks == [dict(type='mmdist.DivergenceGuardHook')]
     assert cfg.train_cfg.type == 'IterBasedTrainLoop'

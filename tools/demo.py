@@ -74,6 +74,12 @@ VARIANTS = ('teacher', ) + STUDENTS
 LABELS = dict(teacher='teacher', student='student alone', kd='student + KD',
               dist='student + DIST')
 LOSS_KEYS = dict(kd='loss_kd', dist='loss_dist')
+# What each distillation loss measures: losses of different kinds get
+# panels of their own, never one axis.
+LOSS_KINDS = dict(kd='KL(teacher ‖ student), KD', dist='1 - Pearson, DIST')
+# One colour per variant in every plot (matplotlib's tab10 colours).
+COLORS = dict(teacher='#7f7f7f', student='#1f77b4', kd='#ff7f0e',
+              dist='#2ca02c')
 
 
 def make_data(task: str, root: str, images: int) -> Tuple[str, str]:
@@ -379,55 +385,69 @@ def compare(results: dict, a: str, b: str, spec: dict) -> str:
             f'{seeds} seeds')
 
 
-def plot(task: str, results: dict, spec: dict, out_dir: str) -> list:
-    """Validation metric and distillation loss curves (a ±std band over
-    several seeds); returns the PNG paths."""
+def figures(task: str, results: dict, spec: dict) -> dict:
+    """The validation metric and the distillation losses (a ±std band over
+    several seeds), each variant in its colour of :data:`COLORS`; the KD and
+    DIST losses on panels of their own (they measure different things).
+
+    Returns:
+        dict: File name -> matplotlib figure.
+    """
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     seeds = len(results['dist']['seeds'])
     band = f' (mean ± std over {seeds} seeds)' if seeds > 1 else ''
 
-    def draw(ax, points, spread, label):
+    def draw(ax, variant, points, spread, label):
         steps, values = (np.array(v) for v in zip(*points))
-        line, = ax.plot(steps, values, marker='o', label=label)
+        ax.plot(steps, values, marker='o', label=label,
+                color=COLORS[variant])
         if seeds > 1:
             stds = np.array([s for _, s in spread])
             ax.fill_between(steps, values - stds, values + stds,
-                            color=line.get_color(), alpha=0.2)
+                            color=COLORS[variant], alpha=0.2)
 
-    paths = []
+    out = {}
     fig, ax = plt.subplots(figsize=(8, 4))
     for variant in STUDENTS:
         if results[variant]['curve']:
-            draw(ax, results[variant]['curve'],
+            draw(ax, variant, results[variant]['curve'],
                  results[variant]['curve_std'], LABELS[variant])
-    ax.axhline(results['teacher']['metric'], color='gray', linestyle='--',
-               label='teacher')
+    ax.axhline(results['teacher']['metric'], color=COLORS['teacher'],
+               linestyle='--', label=LABELS['teacher'])
     ax.set_xlabel('iteration')
     ax.set_ylabel(f'validation {spec["metric_name"]}')
     ax.set_title(f'{task}: validation {spec["metric_name"]}{band}')
     # Beside the axes: curves rise to the right and the teacher is on top.
     ax.legend(loc='upper left', bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
-    paths.append(osp.join(out_dir, f'{task}_val_metric.png'))
-    fig.savefig(paths[-1], dpi=100)
-    plt.close(fig)
+    out[f'{task}_val_metric.png'] = fig
 
-    fig, ax = plt.subplots(figsize=(8, 4))
-    for variant, key in LOSS_KEYS.items():
-        if results[variant]['loss']:
-            draw(ax, results[variant]['loss'], results[variant]['loss_std'],
-                 f'{LABELS[variant]}: {key}')
-    ax.set_xlabel('iteration')
-    ax.set_ylabel('distillation loss')
-    ax.set_title(f'{task}: distillation loss{band}')
-    # Beside the axes: curves rise to the right and the teacher is on top.
-    ax.legend(loc='upper left', bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    paths.append(osp.join(out_dir, f'{task}_distill_loss.png'))
-    fig.savefig(paths[-1], dpi=100)
-    plt.close(fig)
+    variants = [v for v in LOSS_KEYS if results[v]['loss']]
+    if variants:
+        fig, axes = plt.subplots(1, len(variants), squeeze=False,
+                                 figsize=(5 * len(variants), 4))
+        for ax, variant in zip(axes[0], variants):
+            draw(ax, variant, results[variant]['loss'],
+                 results[variant]['loss_std'], LABELS[variant])
+            ax.set_xlabel('iteration')
+            ax.set_ylabel(f'{LOSS_KEYS[variant]}: {LOSS_KINDS[variant]}')
+            ax.set_title(LABELS[variant])
+        fig.suptitle(f'{task}: distillation loss{band}')
+        fig.tight_layout()
+        out[f'{task}_distill_loss.png'] = fig
+    return out
+
+
+def plot(task: str, results: dict, spec: dict, out_dir: str) -> list:
+    """Write :func:`figures` as PNG files; returns their paths."""
+    import matplotlib.pyplot as plt
+    paths = []
+    for name, fig in figures(task, results, spec).items():
+        paths.append(osp.join(out_dir, name))
+        fig.savefig(paths[-1], dpi=100)
+        plt.close(fig)
     return paths
 
 

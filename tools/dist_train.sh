@@ -7,6 +7,9 @@ NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
 PORT=${PORT:-29500}
 MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
+# The project's virtual environment when it has one; PYTHON overrides.
+VENV_PYTHON="$(dirname "$0")/../.venv/bin/python"
+[ -x "$VENV_PYTHON" ] && PYTHON=${PYTHON:-$VENV_PYTHON}
 PYTHON=${PYTHON:-python}
 
 PYTHONPATH="$(dirname "$0")/..":$PYTHONPATH \

@@ -33,6 +33,9 @@ GPUS_PER_NODE=${GPUS_PER_NODE:-8}
 CPUS_PER_TASK=${CPUS_PER_TASK:-5}
 SRUN_ARGS=${SRUN_ARGS:-""}
 PY_ARGS=("${@:5}")
+# The project's virtual environment when it has one; PYTHON overrides.
+VENV_PYTHON="$(dirname "$0")/../.venv/bin/python"
+[ -x "$VENV_PYTHON" ] && PYTHON=${PYTHON:-$VENV_PYTHON}
 PYTHON=${PYTHON:-python}
 # tools/train.py's exit code after a SIGTERM was handled (checkpoint saved).
 PREEMPTED_EXIT_CODE=143

@@ -19,7 +19,8 @@ from mmengine.runner import Runner
 
 from mmdist.engine import cpu_launch_config
 from mmdist.utils import is_distiller, resolve_teacher_paths, student_config
-from mmdist.utils.student import load_student_weights
+from mmdist.utils.student import (is_distillation_checkpoint,
+                                  load_student_weights)
 
 
 def parse_args() -> argparse.Namespace:
@@ -66,6 +67,14 @@ def main() -> None:
             raise SystemExit('--teacher needs a distillation config')
         cfg.model.predict_with = 'teacher'
         if args.checkpoint is not None:
+            if is_distillation_checkpoint(args.checkpoint):
+                raise SystemExit(
+                    f'{args.checkpoint} is a distillation checkpoint (its '
+                    'weights are the student\'s, student.*); --teacher '
+                    'evaluates the teacher\'s own weights (teacher_ckpt, '
+                    f'{cfg.model.get("teacher_ckpt")!r} in this config): give '
+                    'no checkpoint or the teacher\'s, or drop --teacher to '
+                    'evaluate the student of this checkpoint')
             cfg.model.teacher_ckpt = args.checkpoint
         cfg.load_from = None
     elif args.checkpoint is None:

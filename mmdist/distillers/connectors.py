@@ -46,3 +46,27 @@ class ConvConnector(nn.Module):
         """Map one level ``(N, in_channels, H, W)`` of student features."""
         conv = self.convs[0 if self.num_levels == 1 else level]
         return conv(feature)
+
+
+def check_connector_levels(connector: nn.Module, levels: int,
+                           term: str) -> None:
+    """Refuse a per-level connector whose level count is not the number of
+    levels its term's modules give: an unused level's convolution never
+    gets a gradient (and DDP stops at the second iteration), a missing one
+    has nothing to map its level with.
+
+    Args:
+        connector (nn.Module): The term's connector; one without
+            ``num_levels``, or with 1 (shared by every level), passes.
+        levels (int): The levels the student and teacher modules give.
+        term (str): The term, with both its modules, for the error.
+
+    Raises:
+        ValueError: Naming the term's modules and both counts.
+    """
+    own = getattr(connector, 'num_levels', 1)
+    if own > 1 and own != levels:
+        raise ValueError(
+            f'{term} give {levels} levels, but its connector has {own} '
+            f'(num_levels={own}); set num_levels={levels}, or 1 to share one '
+            'convolution across the levels')

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmdist.registry import MODELS
+from .connectors import check_connector_levels
 from .recorder import Recorder
 
 _LOSS_NAMES = {'DISTLoss': 'dist', 'KDLoss': 'kd'}
@@ -144,12 +145,6 @@ class DistillTerm(nn.Module):
         if self.connector is None:
             return student
         connector = self.connector
-        levels = getattr(connector, 'num_levels', 1)
-        if levels > 1 and level >= levels:
-            raise ValueError(
-                f'distillation term {self.name!r}: student '
-                f'{self.student_module} gives more levels than the '
-                f'{levels} of its connector')
         expected = getattr(connector, 'in_channels', None)
         if expected is not None and (student.dim() < 2
                                      or student.shape[1] != expected):
@@ -167,6 +162,11 @@ class DistillTerm(nn.Module):
                scale: float = 1.0) -> Dict[str, Tensor]:
         """``loss_<name>`` summed over the levels (times ``scale``) and the
         loss's logged parts ``<name>_<part>``."""
+        if self.connector is not None:
+            check_connector_levels(
+                self.connector, len(students),
+                f'distillation term {self.name!r}: student '
+                f'{self.student_module} and teacher {self.teacher_module}')
         total = 0.
         parts: Dict[str, Tensor] = {}
         for level, (student, teacher) in enumerate(zip(students, teachers)):

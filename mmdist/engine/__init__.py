@@ -1,6 +1,7 @@
 from .checkpoint_hook import CheckpointWriteError, SafeCheckpointHook
 from .ddp import CPUCompatibleDDP, cpu_launch_config
 from .distill_schedule import DistillWeightHook
+from .divergence import DivergenceGuardHook, TrainingDiverged
 from .fault_tolerance import enable_fault_tolerance
 from .loops import ResumableEpochBasedTrainLoop
 from .preemption import PREEMPTED_EXIT_CODE, PreemptionHook, TrainingPreempted
@@ -9,5 +10,6 @@ __all__ = ['CPUCompatibleDDP', 'cpu_launch_config', 'DistillWeightHook']
 __all__ += [
     'SafeCheckpointHook', 'CheckpointWriteError', 'PreemptionHook',
     'PREEMPTED_EXIT_CODE', 'TrainingPreempted',
-    'ResumableEpochBasedTrainLoop', 'enable_fault_tolerance'
+    'ResumableEpochBasedTrainLoop', 'enable_fault_tolerance',
+    'DivergenceGuardHook', 'TrainingDiverged'
 ]

@@ -9,6 +9,8 @@ from mmengine.hooks import CheckpointHook
 from mmengine.runner import EpochBasedTrainLoop
 
 from mmdist.utils.atomic_io import atomic_write_text, temp_files
+from .divergence import (TrainingDiverged, last_checkpoint_note,
+                         nonfinite_weights)
 from .file_backend import atomic_backend_args
 from mmdist.registry import HOOKS
 from .resume import POINTER, find_resume_checkpoint, template_regex
@@ -40,6 +42,10 @@ class SafeCheckpointHook(CheckpointHook):
     - a write that fails (e.g. a full disk) stops training with
       :class:`CheckpointWriteError` naming the file; the previous checkpoint
       and pointer are unchanged;
+    - weights holding inf or NaN (a diverged run) are never written and
+      nothing is rotated: training stops with
+      :class:`~mmdist.engine.TrainingDiverged` naming the weights and the
+      last good checkpoint;
     - with ``resume=True`` and no ``load_from``, the run resumes from the
       newest checkpoint that loads (``best_*`` files are no candidates),
       also when ``last_checkpoint`` names a missing, unreadable or older
@@ -115,6 +121,8 @@ class SafeCheckpointHook(CheckpointHook):
         The order is MMEngine's with the removal moved last: the ids kept
         are updated first so that the checkpoint records them.
         """
+        self._refuse_nonfinite(runner, self.filename_tmpl.format(step),
+                               meta['iter'])
         expired = None
         if self.max_keep_ckpts > 0 and not (self.keep_ckpt_ids and
                                             self.keep_ckpt_ids[-1] == step):
@@ -130,6 +138,29 @@ class SafeCheckpointHook(CheckpointHook):
             self._remove_checkpoint(self.filename_tmpl.format(expired))
         if self.by_epoch and self.filename_tmpl != PARTIAL_EPOCH_TMPL:
             self._remove_partial_epoch_checkpoints(meta['iter'])
+
+    def _refuse_nonfinite(self, runner, filename: str, iters: int) -> None:
+        """Stop before writing (or rotating) a checkpoint of non-finite
+        weights.
+
+        Args:
+            runner (Runner): The runner.
+            filename (str): The checkpoint that would be written.
+            iters (int): Training iterations done.
+
+        Raises:
+            TrainingDiverged: Naming the weights and the last good
+                checkpoint.
+        """
+        weights = nonfinite_weights(runner.model)
+        if not weights:
+            return
+        message = (f'Training diverged: after {iters} training iterations '
+                   f'the weights are not finite ({", ".join(weights)}); '
+                   f'{filename} is not written and no checkpoint is '
+                   f'removed. {last_checkpoint_note(self.last_ckpt)}')
+        runner.logger.error(message)
+        raise TrainingDiverged(message)
 
     def _write(self, runner, filename: str, meta: dict) -> str:
         """Write one checkpoint, then ``last_checkpoint`` naming it.
@@ -218,6 +249,8 @@ class SafeCheckpointHook(CheckpointHook):
         else:
             # Mid-epoch: epoch = epochs completed, iter = iterations done;
             # ResumableEpochBasedTrainLoop resumes inside the epoch.
+            self._refuse_nonfinite(runner, PARTIAL_EPOCH_TMPL.format(iters),
+                                   iters)
             self._write(runner, PARTIAL_EPOCH_TMPL.format(iters),
                         dict(epoch=runner.epoch, iter=iters))
         return self.last_ckpt

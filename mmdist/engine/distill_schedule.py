@@ -10,15 +10,21 @@ Example (``custom_hooks`` of any distillation config)::
     custom_hooks = [
         # ramp the distillation terms from 0 to 1 over 500 iterations
         dict(type='mmdist.DistillWeightHook', schedule='linear', end=500),
-        # or: full weight, then stop distilling after epoch 20
+        # or, in an epoch-based run: stop distilling after epoch 20
         # dict(type='mmdist.DistillWeightHook', by_epoch=True, stop=20),
     ]
+
+``by_epoch=True`` needs an epoch-based train loop: an iteration-based one
+(MMSeg's configs, ``InfiniteSampler``) never completes an epoch, so the hook
+refuses it before the first step and says how many iterations one pass over
+the training data takes.
 """
 import math
 from typing import Optional, Sequence
 
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
+from mmengine.runner import EpochBasedTrainLoop
 
 from mmdist.registry import HOOKS
 
@@ -50,13 +56,20 @@ class DistillWeightHook(Hook):
       ``milestones``;
 
     and 0 from ``stop`` on (distillation stopped: the teacher no longer
-    runs). Before ``begin`` the ``linear`` schedule holds ``start_weight``
-    and the others ``weight``.
+    runs; ``stop=0`` trains the student alone with the distillation
+    config, for ``constant`` and ``step``). Before ``begin`` the ``linear``
+    schedule holds ``start_weight`` and the others ``weight``. Whenever the
+    multiplier is 0 the teacher does not run.
+
+    When the multiplier drops to 0, every smoothed loss of the log
+    restarts its window, so that the logged ``loss`` stays the sum of the
+    logged parts and the distillation losses show 0 at once.
 
     Args:
         schedule (str): One of ``constant``, ``linear``, ``cosine``,
             ``step``. Defaults to ``constant``.
-        by_epoch (bool): Count progress in epochs. Defaults to False.
+        by_epoch (bool): Count progress in epochs; needs an epoch-based
+            train loop. Defaults to False.
         weight (float): The multiplier (``constant``, the end of a warm-up,
             the start of a decay). Defaults to 1.
         start_weight (float): ``linear``: the multiplier at ``begin``.
@@ -69,7 +82,8 @@ class DistillWeightHook(Hook):
         milestones (list[int], optional): ``step``: where the multiplier is
             multiplied by ``gamma``.
         gamma (float): ``step``: the factor. Defaults to 0.1.
-        stop (int, optional): Stop distilling from this iteration / epoch.
+        stop (int, optional): Stop distilling from this iteration / epoch
+            (``linear`` / ``cosine``: after ``begin``).
     """
 
     priority = 'NORMAL'
@@ -111,9 +125,13 @@ class DistillWeightHook(Hook):
             if milestones != sorted(milestones):
                 raise ValueError('DistillWeightHook: milestones must be '
                                  f'increasing, got {milestones}')
-        if stop is not None and stop <= begin:
-            raise ValueError(f'DistillWeightHook: stop ({stop}) must be '
-                             f'after begin ({begin})')
+        if (schedule in ('linear', 'cosine') and stop is not None
+                and stop <= begin):
+            raise ValueError(
+                f'DistillWeightHook: stop={stop} ends distillation before '
+                f'the {schedule} schedule starts (begin={begin}), so it '
+                f'would never apply; set stop after begin, or use '
+                f"schedule='constant' with stop={stop}")
         self.schedule = schedule
         self.by_epoch = by_epoch
         self.weight = float(weight)
@@ -124,10 +142,13 @@ class DistillWeightHook(Hook):
         self.milestones = milestones
         self.gamma = float(gamma)
         self.stop = stop
+        # The multiplier of the previous iteration (None: no iteration yet
+        # in this process), to log a change to or from 0 once.
+        self._previous: Optional[float] = None
 
     def multiplier(self, progress: int) -> float:
         """The multiplier at ``progress`` (iterations or epochs)."""
-        if self.stop is not None and progress >= self.stop:
+        if self.stopped(progress):
             return 0.0
         if self.schedule == 'constant':
             return self.weight
@@ -144,18 +165,58 @@ class DistillWeightHook(Hook):
         return self.min_weight + 0.5 * (self.weight - self.min_weight) * (
             1 + math.cos(math.pi * fraction))
 
+    def stopped(self, progress: int) -> bool:
+        """Whether ``progress`` is at or past ``stop``."""
+        return self.stop is not None and progress >= self.stop
+
     def before_train(self, runner) -> None:
-        self._distiller(runner)  # fail before the first step if missing
+        """Fail before the first step without a distiller, or with
+        ``by_epoch=True`` in a loop that does not count epochs."""
+        self._distiller(runner)
+        loop = runner.train_loop
+        if self.by_epoch and not isinstance(loop, EpochBasedTrainLoop):
+            try:
+                per_epoch = (f'; one pass over the training data is '
+                             f'{len(loop.dataloader)} iterations here')
+            except TypeError:
+                per_epoch = ''
+            raise ValueError(
+                'DistillWeightHook(by_epoch=True) needs an epoch-based '
+                f'train loop, but this run uses {type(loop).__name__}, '
+                'which counts iterations (with an InfiniteSampler its epoch '
+                'never advances), so the schedule would never move; give '
+                'begin / end / stop / milestones in iterations with '
+                'by_epoch=False' + per_epoch)
 
     def before_train_iter(self, runner, batch_idx: int,
                           data_batch=None) -> None:
         distiller = self._distiller(runner)
         progress = runner.epoch if self.by_epoch else runner.iter
         value = self.multiplier(progress)
-        if value == 0 and distiller.distill_weight != 0:
-            self._forget_logged_losses(runner, distiller)
+        if value == 0 and self._previous != 0:
+            if self._previous is not None:
+                self._restart_loss_windows(runner, distiller)
+            self._log_zero(runner, progress)
+        elif value != 0 and self._previous == 0:
+            runner.logger.info(
+                f'distillation weight {value:g} (iteration {runner.iter}, '
+                f'epoch {runner.epoch}): the teacher runs')
+        self._previous = value
         distiller.distill_weight = value
         distiller.distill_weight_scheduled = True
+
+    def _log_zero(self, runner, progress: int) -> None:
+        """Say why the teacher does not run from this iteration."""
+        where = f'(iteration {runner.iter}, epoch {runner.epoch})'
+        if self.stopped(progress):
+            unit = 'epoch' if self.by_epoch else 'iteration'
+            runner.logger.info(
+                f'distillation stopped at {unit} {self.stop} (stop): the '
+                f'teacher no longer runs {where}')
+        else:
+            runner.logger.info(
+                f'distillation weight 0 ({self.schedule} schedule) {where}: '
+                'the teacher does not run while the weight is 0')
 
     @staticmethod
     def _distiller(runner):
@@ -168,16 +229,19 @@ class DistillWeightHook(Hook):
         return model
 
     @staticmethod
-    def _forget_logged_losses(runner, distiller) -> None:
-        """Drop the smoothing windows of the distillation losses when
-        distillation stops, so the log shows 0 at once rather than a mean
-        of earlier values."""
+    def _restart_loss_windows(runner, distiller) -> None:
+        """Drop the smoothing windows of every logged training loss (the
+        total, the student's and the distillation terms' with their parts)
+        when the multiplier drops to 0: the log then shows 0 for the
+        distillation terms at once rather than a mean of earlier values,
+        and the total, smoothed over the same iterations as its parts,
+        still equals their sum."""
         names = [term.name for term in distiller.terms]
         scalars = runner.message_hub.log_scalars
         for key in list(scalars):
-            name = key.split('/', 1)[-1]
-            if any(name == f'loss_{n}' or name.startswith(f'{n}_')
-                   for n in names):
+            if not key.startswith('train/'):
+                continue
+            name = key.split('/', 1)[1]
+            if 'loss' in name or any(name.startswith(f'{n}_')
+                                     for n in names):
                 scalars.pop(key)
-        runner.logger.info('distillation stopped: the teacher no longer runs '
-                           f'(iteration {runner.iter}, epoch {runner.epoch})')

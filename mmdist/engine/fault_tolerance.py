@@ -1,15 +1,17 @@
 """Switch a training config to mmdist's crash-safe checkpointing, SIGTERM
-handling and mid-epoch resume (what ``tools/train.py`` does by default)."""
+handling, mid-epoch resume and divergence guard (what ``tools/train.py``
+does by default)."""
 from mmengine.config import Config
 
 _STOCK_CHECKPOINT = ('CheckpointHook', 'mmengine.CheckpointHook')
 _STOCK_EPOCH_LOOP = ('EpochBasedTrainLoop', 'mmengine.EpochBasedTrainLoop')
 _PREEMPTION = ('mmdist.PreemptionHook', 'PreemptionHook')
+_GUARD = ('mmdist.DivergenceGuardHook', 'DivergenceGuardHook')
 
 
 def enable_fault_tolerance(cfg: Config) -> None:
     """Make a kill at any moment lose at most the work since the last
-    complete checkpoint.
+    complete checkpoint, and a diverged run stop without overwriting it.
 
     In place, and only where the config uses MMEngine's stock parts (a
     custom checkpoint hook or loop is left alone):
@@ -19,6 +21,8 @@ def enable_fault_tolerance(cfg: Config) -> None:
       MMEngine's default ``interval=1`` when absent; ``None`` stays off);
     - ``mmdist.PreemptionHook`` joins ``custom_hooks`` when the checkpoint
       hook is mmdist's;
+    - ``mmdist.DivergenceGuardHook`` joins ``custom_hooks`` unless the
+      config lists one (with its own ``max_nonfinite_iters``);
     - an epoch-based ``train_cfg`` (``type='EpochBasedTrainLoop'`` or
       ``by_epoch=True``) becomes ``mmdist.ResumableEpochBasedTrainLoop``.
 
@@ -31,12 +35,14 @@ def enable_fault_tolerance(cfg: Config) -> None:
     checkpoint = default_hooks['checkpoint']
     if checkpoint is not None and checkpoint.get('type') in _STOCK_CHECKPOINT:
         checkpoint['type'] = 'mmdist.SafeCheckpointHook'
+    custom_hooks = list(cfg.get('custom_hooks') or [])
     if checkpoint is not None and checkpoint.get('type') in (
             'mmdist.SafeCheckpointHook', 'SafeCheckpointHook'):
-        custom_hooks = list(cfg.get('custom_hooks') or [])
         if not any(h.get('type') in _PREEMPTION for h in custom_hooks):
             custom_hooks.append(dict(type='mmdist.PreemptionHook'))
-        cfg.custom_hooks = custom_hooks
+    if not any(h.get('type') in _GUARD for h in custom_hooks):
+        custom_hooks.append(dict(type='mmdist.DivergenceGuardHook'))
+    cfg.custom_hooks = custom_hooks
 
     train_cfg = cfg.get('train_cfg')
     if train_cfg is None:

@@ -24,6 +24,21 @@ def student_state_dict(state: Dict) -> Dict:
     }
 
 
+def is_distillation_checkpoint(checkpoint: str) -> bool:
+    """Whether a checkpoint holds a distiller's training state (its model
+    weights under ``student.``) rather than one model's weights.
+
+    Args:
+        checkpoint (str): Path or URL of the checkpoint.
+
+    Returns:
+        bool: True for a checkpoint written by training a distiller.
+    """
+    ckpt = _load_checkpoint(checkpoint, map_location='cpu')
+    state = ckpt.get('state_dict', ckpt)
+    return any(k.startswith(STUDENT_PREFIX) for k in state)
+
+
 def build_distiller_with_student(cfg: Config, checkpoint: str):
     """Build a config's distiller as the Runner would (its top-level
     ``data_preprocessor`` merged in) and load a student checkpoint into its

@@ -6,8 +6,14 @@ Reads MMEngine work dirs (as written by ``tools/train.py`` and
 (``<timestamp>/vis_data/config.py``, named after the config copy in the work
 dir) and the number of processes from its log. Each run is matched with its
 entry in mmdist's model index (by config name) for the teacher, the student,
-the recipe and the paper's numbers, and its recipe is compared with the
-shipped config's.
+the recipe and the paper's numbers, and its config is compared with the
+shipped config's: the whole config, less what does not define the result
+(:data:`IGNORED`), so that a run with another student, data pipeline or
+schedule is not credited to the shipped recipe.
+
+A work dir that cannot be read (a truncated ``scalars.json``, a validation
+without metrics, a dumped config that does not load) is skipped with a
+warning naming it; the other runs are still reported.
 
 Usage:
     python tools/analysis/collect_results.py WORK_DIR [WORK_DIR ...]
@@ -21,6 +27,7 @@ its shipped config's is written as that entry's ``Results`` in the metafile
 unfinished one, is listed and left out.
 """
 import argparse
+import fnmatch
 import glob
 import json
 import os
@@ -47,12 +54,51 @@ FOLDER_METRICS = {folder: METRICS[etype][1] for folder, etype in (
     ('mmdet', 'CocoMetric'), ('mmseg', 'IoUMetric'),
     ('mmpretrain', 'Accuracy'))}
 FOLDER_DIGITS = {'mmdet': 1, 'mmseg': 2, 'mmpretrain': 2}
-# Recipe settings a run must share with its shipped config for its number
-# to count as this config's result.
-RECIPE_KEYS = ('train_cfg.max_epochs', 'train_cfg.max_iters',
-               'optim_wrapper.optimizer', 'optim_wrapper.paramwise_cfg',
-               'param_scheduler', 'model.teacher', 'model.teacher_ckpt',
-               'model.distill_terms')
+# What does not define a run's result: config keys (dotted, ``*`` matches
+# any part) left out when a run's config is compared with its shipped
+# config's, and why. Everything else must be equal for the run's number to
+# count as the shipped config's result.
+IGNORED = (
+    ('work_dir', 'where the run writes'),
+    ('launcher', 'how the processes were started'),
+    ('resume', 'a resumed run continues the same recipe'),
+    ('custom_imports', 'module imports'),
+    ('default_hooks', 'logging, timing, checkpoints, visualisation'),
+    ('log_level', 'logging'),
+    ('log_processor', 'logging'),
+    ('visualizer', 'logging'),
+    ('vis_backends', 'logging'),
+    ('env_cfg', 'cuDNN benchmark, worker start method, process group'),
+    ('model_wrapper_cfg', 'the DDP wrapper'),
+    ('find_unused_parameters', 'the DDP wrapper'),
+    ('randomness', 'the seed: another seed is the same recipe'),
+    ('auto_scale_lr.enable', 'its effect shows in the images per step'),
+    ('train_cfg.val_interval', 'when validation runs'),
+    ('train_cfg.val_begin', 'when validation runs'),
+    ('train_cfg.dynamic_intervals', 'when validation runs'),
+    ('test_dataloader', "the result is the validation's"),
+    ('test_evaluator', "the result is the validation's"),
+    ('test_cfg', "the result is the validation's"),
+    ('data_root', 'where the data is (paths under it are compared relative '
+     'to it)'),
+    ('*.data_root', 'where the data is'),
+    ('*.backend_args', 'file storage'),
+    ('*.num_workers', 'data loading speed'),
+    ('*.persistent_workers', 'data loading speed'),
+    ('*.pin_memory', 'data loading speed'),
+    ('*.prefetch_factor', 'data loading speed'),
+)
+# Hooks that tools/train.py adds and that change nothing in the result.
+NO_RESULT_HOOKS = ('PreemptionHook', 'DivergenceGuardHook')
+# Loops that train alike (tools/train.py swaps in the resumable one).
+EPOCH_LOOPS = ('EpochBasedTrainLoop', 'ResumableEpochBasedTrainLoop')
+# Differences shown in a table cell (all of them are printed for
+# --update-metafiles).
+SHOWN_DIFFERENCES = 4
+
+
+class UnreadableRun(ValueError):
+    """A work dir whose run cannot be reported; the message says why."""
 
 
 def default_index() -> str:
@@ -62,14 +108,30 @@ def default_index() -> str:
 
 
 # ---------------------------------------------------------------- the index
+def index_root(index_path: str, imports: List[str]) -> str:
+    """The folder the index's paths are relative to: the index's own (the
+    installed ``.mim`` folder, with ``configs/`` inside), or the one above
+    it (the repository's ``configs/model-index.yml``)."""
+    folder = osp.dirname(osp.abspath(index_path))
+    for root in (folder, osp.dirname(folder)):
+        if all(osp.isfile(osp.join(root, rel)) for rel in imports):
+            return root
+    missing = [rel for rel in imports
+               if not osp.isfile(osp.join(folder, rel))]
+    raise FileNotFoundError(
+        f'{index_path} imports {missing}, found neither beside it nor in '
+        'the folder above it')
+
+
 def load_index(index_path: str) -> Dict[str, dict]:
     """Entries of the model index by config name (file name without .py),
     each with the path of its metafile and of its config."""
-    root = osp.dirname(index_path)  # the .mim folder: imports are relative
     with open(index_path) as f:
         index = yaml.safe_load(f) or {}
+    imports = index.get('Import') or []
+    root = index_root(index_path, imports)
     entries = {}
-    for rel in index.get('Import') or []:
+    for rel in imports:
         meta_path = osp.join(root, rel)
         with open(meta_path) as f:
             meta = yaml.safe_load(f) or {}
@@ -112,6 +174,11 @@ def recipe_schedule(metadata: dict) -> str:
 
 
 # ---------------------------------------------------------------- the runs
+def warn(message: str) -> None:
+    """A warning on stderr (the table goes to stdout)."""
+    print(f'warning: {message}', file=sys.stderr)
+
+
 def find_work_dirs(paths: List[str]) -> List[str]:
     """Work dirs among ``paths`` and their sub-folders (two levels)."""
 
@@ -127,19 +194,34 @@ def find_work_dirs(paths: List[str]) -> List[str]:
             sorted(glob.glob(osp.join(path, '*', '*')))
         hits = [c for c in candidates if osp.isdir(c) and is_work_dir(c)]
         if not hits:
-            print(f'warning: no MMEngine run found in {path}',
-                  file=sys.stderr)
+            warn(f'no MMEngine run found in {path}')
         found += [h for h in hits if h not in found]
     return found
 
 
 def read_scalars(path: str) -> List[dict]:
+    """The records of a ``scalars.json``.
+
+    A truncated last line (what a kill or a full disk leaves) is dropped
+    with a warning.
+
+    Raises:
+        UnreadableRun: When another line is not JSON.
+    """
+    with open(path, errors='replace') as f:
+        lines = [line.strip() for line in f]
+    lines = [line for line in lines if line]
     records = []
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                records.append(json.loads(line))
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            if number == len(lines):
+                warn(f'{path}: its last line is truncated ({error}); '
+                     'reading the records before it')
+                break
+            raise UnreadableRun(f'{path}: line {number} is not JSON '
+                                f'({error})') from error
     return records
 
 
@@ -180,9 +262,28 @@ def evaluator_type(cfg) -> Optional[str]:
     return str(evaluator.get('type', '')).split('.')[-1]
 
 
-def read_run(work_dir: str) -> Optional[dict]:
-    """The newest run of a work dir that validated at least once."""
+def load_dumped_config(path: str):
+    """The config a run used, as MMEngine dumped it.
+
+    Raises:
+        UnreadableRun: When it does not load (e.g. ``lr=inf`` is dumped as
+            ``inf``, which Python does not read back).
+    """
     from mmengine.config import Config
+    try:
+        return Config.fromfile(path, import_custom_modules=False)
+    except Exception as error:  # whatever executing the file raises
+        raise UnreadableRun(
+            f'its config {path} does not load ({type(error).__name__}: '
+            f'{error})') from error
+
+
+def read_run(work_dir: str) -> Optional[dict]:
+    """The newest run of a work dir that validated at least once.
+
+    Raises:
+        UnreadableRun: When that run cannot be reported, saying why.
+    """
     for run in sorted(glob.glob(osp.join(work_dir, '*', 'vis_data',
                                          'scalars.json')), reverse=True):
         vis = osp.dirname(run)
@@ -191,11 +292,15 @@ def read_run(work_dir: str) -> Optional[dict]:
         vals = [r for r in records if 'lr' not in r and 'loss' not in r]
         if not vals:
             continue
+        last = vals[-1]
+        if not any(k not in ('step', 'time', 'data_time') for k in last):
+            raise UnreadableRun(
+                f'its last validation (step {last.get("step")}, in {run}) '
+                'returned no metrics (a diverged run?)')
         dumped = osp.join(vis, 'config.py')
-        cfg = Config.fromfile(dumped, import_custom_modules=False)
+        cfg = load_dumped_config(dumped)
         stamp = osp.basename(stamp_dir)
         world = world_size(osp.join(stamp_dir, f'{stamp}.log'))
-        last = vals[-1]
         etype = evaluator_type(cfg)
         key, label, scale, digits = METRICS.get(etype, (None, None, 1.0, 2))
         if key not in last:
@@ -248,26 +353,107 @@ def model_summary(model) -> str:
         model.get('type', '?'))
 
 
-def _get(cfg, dotted: str):
-    value = cfg
-    for part in dotted.split('.'):
-        if not isinstance(value, dict) or part not in value:
-            return None
-        value = value[part]
+def _data_roots(node, found: set) -> set:
+    """The string values of every ``data_root`` key in a config dict."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == 'data_root' and isinstance(value, str) and value:
+                found.add(value.rstrip('/'))
+            else:
+                _data_roots(value, found)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            _data_roots(value, found)
+    return found
+
+
+def _relative(value, roots: List[str]):
+    """A path under one of ``roots`` as ``<data_root>/...``; a tuple as a
+    list; lists of such values item by item; anything else as it is."""
+    if isinstance(value, str):
+        for root in roots:
+            if value == root or value.startswith(root + '/'):
+                return '<data_root>' + value[len(root):]
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_relative(v, roots) for v in value]
     return value
+
+
+def flatten(node, roots: List[str], prefix: str = '') -> Dict[str, object]:
+    """Dotted key -> value of every setting of a config dict: dicts, and
+    lists holding dicts or lists (pipelines, schedulers), are followed (list
+    items by index); other values are leaves (a tuple as a list, a path
+    under a ``data_root`` relative to it)."""
+    if isinstance(node, dict) and node:
+        items = node.items()
+    elif isinstance(node, (list, tuple)) and any(
+            isinstance(v, (dict, list, tuple)) for v in node):
+        items = enumerate(node)
+    else:
+        return {prefix[:-1]: _relative(node, roots)}
+    out = {}
+    for key, value in items:
+        out.update(flatten(value, roots, f'{prefix}{key}.'))
+    return out
+
+
+def ignored(key: str) -> bool:
+    """Whether a dotted key is among :data:`IGNORED` (or under one)."""
+    return any(
+        fnmatch.fnmatchcase(key, pattern)
+        or fnmatch.fnmatchcase(key, pattern + '.*')
+        for pattern, _ in IGNORED)
+
+
+def comparable(cfg: dict) -> Dict[str, object]:
+    """The settings of a config that define its result, flattened.
+
+    ``tools/train.py``'s own changes are undone: its resumable epoch loop is
+    the stock one, and its preemption and divergence hooks are dropped; a
+    resumed run's ``load_from`` is the checkpoint it resumed from.
+    """
+    cfg = dict(cfg)
+    train_cfg = dict(cfg.get('train_cfg') or {})
+    loop = str(train_cfg.pop('type', '')).split('.')[-1]
+    by_epoch = train_cfg.pop('by_epoch', False)
+    if loop in EPOCH_LOOPS or (not loop and by_epoch):
+        loop = 'EpochBasedTrainLoop'
+    elif not loop:
+        loop = 'IterBasedTrainLoop'
+    cfg['train_cfg'] = dict(train_cfg, type=loop)
+    cfg['custom_hooks'] = [
+        hook for hook in cfg.get('custom_hooks') or []
+        if str(hook.get('type', '')).split('.')[-1] not in NO_RESULT_HOOKS
+    ]
+    if cfg.get('resume'):
+        cfg.pop('load_from', None)
+    roots = sorted(_data_roots(cfg, set()), key=len, reverse=True)
+    return {k: v for k, v in flatten(cfg, roots).items() if not ignored(k)}
+
+
+def config_differences(used: dict, shipped: dict) -> List[str]:
+    """``key: value (shipped value)`` for every setting that defines the
+    result and differs between two config dicts."""
+    a, b = comparable(used), comparable(shipped)
+    missing = '<absent>'
+    return [
+        f'{key}: {a.get(key, missing)!r} (shipped {b.get(key, missing)!r})'
+        for key in sorted(set(a) | set(b))
+        if a.get(key, missing) != b.get(key, missing)
+    ]
 
 
 def recipe_differences(run: dict, entry: dict) -> List[str]:
     """How the run's recipe differs from its shipped config's."""
     from mmengine.config import Config
-    shipped = Config.fromfile(entry['config_path'],
-                              import_custom_modules=False).to_dict()
+    from mmdist.utils import resolve_teacher_paths
+    shipped_cfg = Config.fromfile(entry['config_path'],
+                                  import_custom_modules=False)
+    # As the tools do, so that the run's absolute teacher path compares.
+    resolve_teacher_paths(shipped_cfg, entry['config_path'])
     used = run['cfg'].to_dict()
-    diffs = []
-    for key in RECIPE_KEYS:
-        a, b = _get(used, key), _get(shipped, key)
-        if a != b:
-            diffs.append(f'{key}: {a!r} (shipped {b!r})')
+    diffs = config_differences(used, shipped_cfg.to_dict())
     batch = entry['model']['Metadata'].get('Batch Size')
     if batch is not None and run['world_size'] is not None:
         total = run['world_size'] * used['train_dataloader']['batch_size']
@@ -278,8 +464,14 @@ def recipe_differences(run: dict, entry: dict) -> List[str]:
 
 # ---------------------------------------------------------------- output
 def table(rows: List[dict]) -> str:
+    """The markdown table; with a ``work dir`` column when it has runs
+    (two runs of one config are told apart by it)."""
     cols = ('config', 'teacher', 'student', 'schedule', 'metric', 'paper',
             'reproduced')
+    if any(row.get('work_dir') for row in rows):
+        cols += ('work dir', )
+        rows = [dict(row, **{'work dir': row.get('work_dir') or '-'})
+                for row in rows]
     lines = ['| ' + ' | '.join(cols) + ' |',
              '| ' + ' | '.join('---' for _ in cols) + ' |']
     for row in rows:
@@ -312,6 +504,13 @@ def recorded_result(entry: dict, metric: str) -> str:
     return NOT_RUN
 
 
+def summarise(differences: List[str]) -> str:
+    """The first :data:`SHOWN_DIFFERENCES` differences, and how many more."""
+    shown = '; '.join(differences[:SHOWN_DIFFERENCES])
+    more = len(differences) - SHOWN_DIFFERENCES
+    return shown + (f'; and {more} more' if more > 0 else '')
+
+
 def build_rows(runs: List[dict], entries: Dict[str, dict],
                include_all: bool) -> List[dict]:
     rows = []
@@ -325,13 +524,14 @@ def build_rows(runs: List[dict], entries: Dict[str, dict],
             run['differences'] = recipe_differences(run, entry)
             if run['differences']:
                 notes.append('recipe differs from the config: ' +
-                             '; '.join(run['differences']))
+                             summarise(run['differences']))
             teacher, student, _ = entry_cells(entry)
         else:
             run['differences'] = []
-            teacher = model_summary(run['cfg'].model.get('teacher'))
-            student = model_summary(run['cfg'].model.get('student',
-                                                         run['cfg'].model))
+            model = run['cfg'].model
+            teacher = (model_summary(model.get('teacher'))
+                       if 'teacher' in model else '- (student alone)')
+            student = model_summary(model.get('student', model))
         value = f'{run["value"]:.{run["digits"]}f}'
         rows.append(dict(
             config=f'`{run["name"]}.py`',
@@ -437,10 +637,13 @@ def main() -> None:
     entries = load_index(args.index or default_index())
     runs = []
     for work_dir in find_work_dirs(args.work_dirs):
-        run = read_run(work_dir)
+        try:
+            run = read_run(work_dir)
+        except UnreadableRun as error:
+            warn(f'skipping {work_dir}: {error}')
+            continue
         if run is None:
-            print(f'warning: {work_dir} has no validation result yet',
-                  file=sys.stderr)
+            warn(f'{work_dir} has no validation result yet')
             continue
         runs.append(run)
     rows = build_rows(runs, entries, args.all)
