@@ -314,6 +314,27 @@ def test_guard_stops_a_nan_run_between_checkpoints(tmp_path):
     assert not list(tmp_path.glob('*.pth'))
 
 
+@pytest.mark.heavy
+def test_train_tool_stops_a_run_with_lr_inf(tmp_path):
+    """The issue's run through tools/train.py: `lr=inf` ended with status
+    0 and NaN checkpoints; now it stops at iteration 2 with a non-zero
+    status, and no checkpoint is written."""
+    import sys
+    config = tiny_classification_config(tmp_path)
+    work = tmp_path / 'work'
+    proc = subprocess.run(
+        [sys.executable, str(REPO / 'tools' / 'train.py'), str(config),
+         '--work-dir', str(work), '--cfg-options',
+         'optim_wrapper.optimizer.lr=inf'],
+        cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode != 0
+    assert re.search(r'TrainingDiverged: Training diverged: the total loss '
+                     r'was not finite \((nan|inf)\) in 1 iteration\(s\) in a '
+                     r'row \(iteration 2\) and the weights are not finite',
+                     proc.stderr), proc.stderr[-3000:]
+    assert not list(work.glob('*.pth'))
+
+
 def test_config_guard_settings_are_kept():
     cfg = Config(dict(custom_hooks=[dict(type='mmdist.DivergenceGuardHook',
                                          max_nonfinite_iters=50)]))
