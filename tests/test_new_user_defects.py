@@ -178,6 +178,49 @@ def test_guard_stops_at_once_on_nonfinite_weights():
         DivergenceGuardHook(max_nonfinite_iters=0)
 
 
+def _guard_worker(rank, port, out_dir):
+    """One rank of a 2-process group: rank 0 sees a NaN loss at iteration
+    2, rank 1 at iteration 3."""
+    import datetime
+
+    import torch.distributed as dist
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group('gloo', rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=60))
+    try:
+        runner = stub_runner(torch.nn.Linear(2, 1), f'ddp_guard_{rank}')
+        hook = DivergenceGuardHook(max_nonfinite_iters=2)
+        losses = [1.0, 1.0, 1.0, 1.0]
+        losses[1 + rank] = math.nan
+        stopped = None
+        for i, loss in enumerate(losses):
+            runner.iter = i
+            try:
+                hook.after_train_iter(runner, i,
+                                      outputs=dict(loss=torch.tensor(loss)))
+            except TrainingDiverged:
+                stopped = i
+                break
+        torch.save(dict(stopped=stopped),
+                   os.path.join(out_dir, f'rank{rank}.pth'))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_guard_ranks_stop_together(tmp_path):
+    """A NaN loss on either rank counts on both, so both stop at the same
+    iteration (a rank stopping alone would leave the other waiting)."""
+    import random
+
+    import torch.multiprocessing as mp
+    mp.spawn(_guard_worker, args=(random.randint(20000, 40000),
+                                  str(tmp_path)), nprocs=2, join=True)
+    stopped = [torch.load(tmp_path / f'rank{r}.pth')['stopped']
+               for r in range(2)]
+    assert stopped == [2, 2]
+
+
 class OverflowData(Dataset):
     """Toy regression data; sample ``i`` in ``huge`` is scaled so that its
     loss is finite but the scaled gradient overflows, ``i`` in ``nan``
