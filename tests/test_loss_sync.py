@@ -192,9 +192,12 @@ def test_two_ranks_equal_one_process_on_the_whole_batch(ranks, name):
             assert torch.allclose(got[key], ref[key], **TOLERANCE), (
                 name, key, float(got[key]), float(ref[key]))
         for mine, theirs in zip(got['grads'], ref['grads']):
-            assert torch.allclose(mine, theirs, **TOLERANCE), (
-                name, float((mine - theirs).abs().max()))
+            # float32 rounding scales with the gradient (the student at the
+            # floor has gradients of ~70 w.r.t. its 1e-5-scaled weights).
             scale = float(theirs.abs().max()) or 1.
+            atol = TOLERANCE['atol'] * max(1., scale)
+            assert torch.allclose(mine, theirs, TOLERANCE['rtol'], atol), (
+                name, float((mine - theirs).abs().max()))
             worst = max(worst, float((mine - theirs).abs().max()) / scale)
     print(f'{name}: loss {float(ranks[0][name]["loss"]):.6f} (one process '
           f'{float(ref["loss"]):.6f}), largest gradient difference '
