@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from mmdist.losses import DISTLoss
+from mmdist.losses.dist import DEFAULT_FLOOR
 
 SETTINGS = [(1., 1., 1.), (2., 2., 1.), (2., 2., 4.)]
 SPREADS = [0., 1e-6, 1e-3, 1e-2, 1e-1, 1.]
@@ -58,7 +59,7 @@ def main() -> None:
                     lambda s: DISTLoss(  # noqa: B023
                         beta=beta, gamma=gamma, tau=tau, floor=floor)(
                             s, teacher), student)
-                for floor in (DISTLoss(tau=tau).floor, 0.)
+                for floor in (DEFAULT_FLOOR, 0.)
             ]
             cells.append(f'{norms[0]:.4g} / {norms[1]:.4g} '
                          f'({norms[0] / ce:.3g}x)')
