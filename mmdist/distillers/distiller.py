@@ -12,9 +12,10 @@ from torch import Tensor, nn
 from mmdist.registry import MODELS
 from mmdist.utils import get_module
 from .adapters import TeacherPlan
+from .fast_form import PRECISIONS, to_float32
 from .pixels import InputRenormaliser
 from .recorder import Recorder
-from .teacher import build_frozen_teacher
+from .teacher import build_frozen_teacher, make_fast_teacher
 from .teacher_check import TeacherCheck
 from .terms import DistillTerm
 
@@ -53,8 +54,16 @@ class Distiller(BaseModel):
             ``mmdist::...``, a file path) or model dict.
         teacher_ckpt (str, optional): Path or URL of the teacher's weights.
         distill_terms (list[dict]): :class:`DistillTerm` configs.
-        teacher_autocast (str, optional): ``'fp16'`` or ``'bf16'`` to run the
-            teacher under autocast on GPUs; losses stay in float32.
+        teacher_precision (str): The form the teacher runs in, decided once
+            when it is built (see :func:`~mmdist.distillers.make_fast_teacher`):
+            ``'float32'`` (default: as its config builds it), ``'bf16'`` (the
+            fast form: BatchNorm folded into the convolutions, channels_last,
+            bf16 autocast; float32 on hardware without native bf16, with one
+            log line) or ``'fp16'`` (the same with fp16 autocast; CUDA only).
+            Distilled outputs reach the losses in float32 either way; the
+            same form serves ``predict_with='teacher'``.
+        teacher_autocast (str, optional): Deprecated alias of
+            ``teacher_precision`` (``'fp16'`` or ``'bf16'``).
         max_nonfinite_steps (int): Steps in a row with a non-finite teacher
             output tolerated per term (the term is skipped for that step)
             before training stops with an error. Defaults to 10.
@@ -76,6 +85,7 @@ class Distiller(BaseModel):
                  teacher: Union[str, dict],
                  distill_terms: Sequence[dict],
                  teacher_ckpt: Optional[str] = None,
+                 teacher_precision: str = 'float32',
                  teacher_autocast: Optional[str] = None,
                  max_nonfinite_steps: int = 10,
                  teacher_check_iters: int = 50,
@@ -100,13 +110,12 @@ class Distiller(BaseModel):
                                              frozen.data_preprocessor)
         print_log(f'teacher input: {self.renormalise.describe()}',
                   logger='current')
-        if teacher_autocast not in (None, 'fp16', 'bf16'):
-            raise ValueError("teacher_autocast must be None, 'fp16' or "
-                             f"'bf16', got {teacher_autocast!r}")
+        teacher_precision = self._precision(teacher_precision,
+                                            teacher_autocast)
         if predict_with not in ('student', 'teacher'):
             raise ValueError("predict_with must be 'student' or 'teacher', "
                              f'got {predict_with!r}')
-        self.teacher_autocast = teacher_autocast
+        self.teacher_precision = teacher_precision
         self.predict_with = predict_with
         self.max_nonfinite_steps = max_nonfinite_steps
         self.teacher_check = TeacherCheck(teacher_check_iters)
@@ -120,6 +129,13 @@ class Distiller(BaseModel):
         self.terms = nn.ModuleList(
             [DistillTerm(**dict(term)) for term in distill_terms])
         self._dedupe_names()
+        self.teacher_forward = TeacherPlan(
+            frozen, [(t.teacher_module, t.student_module) for t in self.terms])
+        # Before any recorder: folding replaces modules, and the form's
+        # float32 casts must come first among a module's hooks.
+        self.teacher_form = make_fast_teacher(
+            frozen, teacher_precision, [t.teacher_module for t in self.terms],
+            lambda x: self.teacher_forward.features(frozen, x))
         self.recorders: List[Recorder] = []
         for term in self.terms:
             term.student_outputs = Recorder(
@@ -127,9 +143,31 @@ class Distiller(BaseModel):
             term.teacher_outputs = Recorder(
                 get_module(frozen, term.teacher_module, 'teacher'))
             self.recorders += [term.student_outputs, term.teacher_outputs]
-        self.teacher_forward = TeacherPlan(
-            frozen, [(t.teacher_module, t.student_module) for t in self.terms])
         self.recorders += self.teacher_forward.attach(self.student)
+
+    @staticmethod
+    def _precision(precision: str, autocast: Optional[str]) -> str:
+        """``teacher_precision``, with the deprecated ``teacher_autocast``
+        mapped onto it."""
+        if precision not in PRECISIONS:
+            raise ValueError(f'teacher_precision must be one of '
+                             f'{sorted(PRECISIONS)}, got {precision!r}')
+        if autocast is None:
+            return precision
+        if autocast not in ('fp16', 'bf16'):
+            raise ValueError("teacher_autocast must be None, 'fp16' or "
+                             f"'bf16', got {autocast!r}")
+        if precision not in ('float32', autocast):
+            raise ValueError(
+                f'teacher_autocast={autocast!r} contradicts '
+                f'teacher_precision={precision!r}; set teacher_precision '
+                'alone')
+        print_log(
+            f'teacher_autocast is deprecated: write '
+            f'teacher_precision={autocast!r} (the fast form: bf16/fp16 '
+            'autocast with channels_last and folded BatchNorm)',
+            logger='current', level=logging.WARNING)
+        return autocast
 
     def _dedupe_names(self) -> None:
         seen: Dict[str, int] = {}
@@ -165,10 +203,10 @@ class Distiller(BaseModel):
         if mode == 'loss':
             return self.loss(inputs, data_samples)
         if self.predict_with == 'teacher':
-            with torch.no_grad():
-                return self.teacher(
-                    self.renormalise(inputs, data_samples), data_samples,
-                    mode)
+            inputs = self.teacher_form.prepare(
+                self.renormalise(inputs, data_samples))
+            with self._teacher_mode(inputs.device):
+                return self.teacher(inputs, data_samples, mode)
         return self.student(inputs, data_samples, mode)
 
     @contextlib.contextmanager
@@ -183,20 +221,17 @@ class Distiller(BaseModel):
 
     @contextlib.contextmanager
     def _teacher_mode(self, device: torch.device):
-        """No autograd, and autocast when ``teacher_autocast`` asks for it."""
-        autocast = contextlib.nullcontext()
-        if self.teacher_autocast is not None:
-            dtype = (torch.float16
-                     if self.teacher_autocast == 'fp16' else torch.bfloat16)
-            autocast = torch.autocast(device.type, dtype=dtype)
-        with torch.no_grad(), autocast:
+        """No autograd, in the teacher's form (its autocast; a no-op for
+        float32)."""
+        with torch.no_grad(), self.teacher_form.autocast(device.type):
             yield
 
     def _run_teacher_features(self, inputs: Tensor,
                               data_samples: Optional[list]):
         """The teacher's backbone, neck and distilled dense heads; returns
         its features for the RoI heads that run after the student."""
-        inputs = self.renormalise(inputs, data_samples)
+        inputs = self.teacher_form.prepare(
+            self.renormalise(inputs, data_samples))
         with self._teacher_mode(inputs.device):
             return self.teacher_forward.features(self.teacher, inputs)
 
@@ -276,6 +311,9 @@ class Distiller(BaseModel):
         """One term's losses, or its skip when a teacher output is not
         finite (decided by all ranks together for a loss that syncs)."""
         students, teachers = term.levels()
+        # The losses' contract: float32 teacher outputs, whatever the
+        # teacher's form (no copy for a float32 teacher).
+        teachers = [to_float32(t) for t in teachers]
         finite_here = all(bool(torch.isfinite(t).all()) for t in teachers)
         finite = finite_here
         dist = torch.distributed
@@ -308,7 +346,7 @@ class Distiller(BaseModel):
                 f'teacher {term.teacher_module} produced non-finite outputs '
                 f'in {term.nonfinite_in_a_row} steps in a row (term '
                 f'{term.name!r}); stopping (check the teacher checkpoint and '
-                'teacher_autocast)')
+                'teacher_precision)')
         print_log(
             f'teacher {term.teacher_module} output {where}: skipping '
             f'{term.name!r} this step ({term.nonfinite_in_a_row} in a row, '

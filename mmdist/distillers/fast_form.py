@@ -19,7 +19,9 @@ function up to rounding:
 
 The outputs that leave the teacher (the distilled modules, the heads whose
 outputs are post-processed) are cast back to float32 and the default
-layout by forward hooks, so losses and predictions never see bf16.
+layout by forward hooks, so losses and predictions never see bf16. Modules
+without low-precision kernels (MMCV's compiled ops: RoIAlign has no bf16
+kernel) run in float32 with autocast off.
 
 Everything is decided once, when the teacher is built; a training step
 only enters :meth:`TeacherForm.autocast` and calls
@@ -273,25 +275,64 @@ def fold_batchnorm(model: nn.Module,
 
 
 # ---------------------------------------------------------------- the form
-def to_float32(value):
-    """``value`` with its floating tensors in float32 and the default
-    (contiguous) layout; tuples, lists and dicts are walked. A tensor that
-    already is both is returned as it is (no copy)."""
+def cast_floats(value, dtype: torch.dtype, contiguous: bool = False):
+    """``value`` with its floating tensors in ``dtype`` (and, with
+    ``contiguous``, the default layout); tuples, lists and dicts are walked.
+    A tensor that already is so is returned as it is (no copy)."""
     if isinstance(value, Tensor):
-        if value.is_floating_point() and (value.dtype != torch.float32
-                                          or not value.is_contiguous()):
-            return value.to(torch.float32,
-                            memory_format=torch.contiguous_format)
+        if value.is_floating_point() and (
+                value.dtype != dtype
+                or contiguous and not value.is_contiguous()):
+            return value.to(
+                dtype,
+                memory_format=(torch.contiguous_format if contiguous else
+                               torch.preserve_format))
         return value
     if type(value) in (tuple, list):
-        return type(value)(to_float32(v) for v in value)
+        return type(value)(cast_floats(v, dtype, contiguous) for v in value)
     if type(value) is dict:
-        return {k: to_float32(v) for k, v in value.items()}
+        return {k: cast_floats(v, dtype, contiguous) for k, v in value.items()}
     return value
+
+
+def to_float32(value):
+    """``value`` with its floating tensors in float32 and the default
+    (contiguous) layout (see :func:`cast_floats`)."""
+    return cast_floats(value, torch.float32, contiguous=True)
 
 
 def _float32_output_hook(module: nn.Module, args: tuple, output):
     return to_float32(output)
+
+
+class Float32Forward:
+    """Instance-level ``forward`` that runs the class's ``forward`` on
+    float32 inputs in the default (contiguous) layout with autocast off
+    (for compiled ops with no bf16/fp16 or channels_last kernel),
+    and returns its outputs in the dtype of its first floating input, so
+    that the caller sees the dtypes it passed (MMDet's RoI extractor writes
+    RoIAlign's output into a buffer of the features' dtype).
+
+    Holds the module as an attribute (not a closure), so that a deep copy
+    of the model calls its own copy.
+
+    Args:
+        module (nn.Module): The module to run in float32.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    def __call__(self, *args, **kwargs):
+        floats = [t for t in tree_leaves((args, kwargs))
+                  if isinstance(t, Tensor) and t.is_floating_point()]
+        if not floats:
+            return type(self.module).forward(self.module, *args, **kwargs)
+        # Compiled kernels index NCHW memory: the default layout too.
+        args, kwargs = to_float32(list(args)), to_float32(dict(kwargs))
+        with torch.autocast(floats[0].device.type, enabled=False):
+            output = type(self.module).forward(self.module, *args, **kwargs)
+        return cast_floats(output, floats[0].dtype)
 
 
 class TeacherForm:
@@ -307,15 +348,18 @@ class TeacherForm:
         dtype (torch.dtype, optional): Autocast dtype; None runs float32.
         channels_last (bool): Whether 4-d inputs are made channels_last.
         folded (list[tuple[str, str]]): The folded (conv, BatchNorm) paths.
+        float32_modules (list[str]): Paths of the modules run in float32.
     """
 
     def __init__(self,
                  dtype: Optional[torch.dtype] = None,
                  channels_last: bool = False,
-                 folded: Sequence[Tuple[str, str]] = ()) -> None:
+                 folded: Sequence[Tuple[str, str]] = (),
+                 float32_modules: Sequence[str] = ()) -> None:
         self.dtype = dtype
         self.channels_last = channels_last
         self.folded = list(folded)
+        self.float32_modules = list(float32_modules)
 
     @property
     def is_fast(self) -> bool:
@@ -340,8 +384,11 @@ class TeacherForm:
             return 'float32 (as its config builds it)'
         name = {torch.bfloat16: 'bf16', torch.float16: 'fp16'}[self.dtype]
         layout = ' + channels_last' if self.channels_last else ''
+        islands = (f', {len(self.float32_modules)} modules without {name} '
+                   'kernels in float32' if self.float32_modules else '')
         return (f'{name} autocast{layout} + {len(self.folded)} BatchNorm '
-                'layers folded into their convolutions; outputs in float32')
+                'layers folded into their convolutions; outputs in float32'
+                f'{islands}')
 
 
 def make_fast(model: nn.Module,
@@ -349,6 +396,7 @@ def make_fast(model: nn.Module,
               probe: Optional[Callable[[], object]] = None,
               keep: Sequence[str] = (),
               outputs: Sequence[str] = (),
+              float32_modules: Sequence[str] = (),
               channels_last: bool = True) -> TeacherForm:
     """Put a frozen eval-mode model in its fast form, in place.
 
@@ -362,6 +410,8 @@ def make_fast(model: nn.Module,
         outputs (Sequence[str]): Module paths whose outputs leave the
             model's low-precision part (distilled modules, heads): they
             return float32 in the default layout. Missing paths are skipped.
+        float32_modules (Sequence[str]): Module paths to run in float32 with
+            autocast off (see :class:`Float32Forward`).
         channels_last (bool): Convert the weights (and, via
             :meth:`TeacherForm.prepare`, the input) to channels_last.
 
@@ -377,7 +427,9 @@ def make_fast(model: nn.Module,
     for path in dict.fromkeys(outputs):
         if path in modules:
             modules[path].register_forward_hook(_float32_output_hook)
-    return TeacherForm(dtype, channels_last, folded)
+    for path in float32_modules:
+        modules[path].forward = Float32Forward(modules[path])
+    return TeacherForm(dtype, channels_last, folded, float32_modules)
 
 
 def output_agreement(fast: Tensor, reference: Tensor,

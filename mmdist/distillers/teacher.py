@@ -1,12 +1,15 @@
 """Build, load and freeze the teacher; give it the input normalisation it was
-trained with."""
+trained with, and the form it runs in (float32, or the fast form of
+:mod:`mmdist.distillers.fast_form`)."""
 import copy
 import logging
 import os
 import os.path as osp
-from typing import Optional, Union
+from typing import Callable, Optional, Sequence, Union
 
+import torch
 from mmengine.config import Config, ConfigDict
+from mmengine.device import get_device
 from mmengine.logging import print_log
 from mmengine.model import revert_sync_batchnorm
 from mmengine.registry import DefaultScope
@@ -14,6 +17,7 @@ from mmengine.runner.checkpoint import load_checkpoint
 from torch import nn
 
 from mmdist.registry import MODELS
+from .fast_form import TeacherForm, make_fast, resolve_precision
 
 
 def load_teacher_config(teacher: Union[str, dict],
@@ -156,3 +160,101 @@ def build_frozen_teacher(teacher: Union[str, dict],
         param.requires_grad_(False)
     model.eval()
     return model
+
+
+# Probe inputs for finding the foldable BatchNorm layers: the first size
+# that the teacher's plan runs on (64 suits FPNs, ResNets, MiT; 224 models
+# with a fixed input size).
+PROBE_SIZES = (64, 224)
+
+
+def _head_paths(model: nn.Module) -> list:
+    """Modules called as heads (``bbox_head``, ``decode_head``,
+    ``roi_head.bbox_head.1``...): their outputs are post-processed into
+    predictions, so the fast form returns them in float32."""
+    paths = []
+    for path, module in model.named_modules():
+        parts = path.split('.')
+        named = parts[-1].endswith('head') or (
+            parts[-1].isdigit() and len(parts) > 1
+            and parts[-2].endswith('head'))
+        if named and not isinstance(module, nn.ModuleList):
+            paths.append(path)
+    return paths
+
+
+def _float32_paths(model: nn.Module) -> list:
+    """MMCV's compiled ops (RoIAlign, deformable convolutions...): most
+    have no bf16 kernel (RoIAlign on the CPU and CUDA), so the fast form
+    runs them in float32."""
+    return [
+        path for path, module in model.named_modules()
+        if type(module).__module__.startswith('mmcv.ops')
+    ]
+
+
+def make_fast_teacher(model: nn.Module,
+                      precision: str = 'float32',
+                      distilled: Sequence[str] = (),
+                      forward: Optional[Callable[[torch.Tensor],
+                                                 object]] = None
+                      ) -> TeacherForm:
+    """Put the frozen teacher in the form ``precision`` asks for, once.
+
+    ``'bf16'`` (or ``'fp16'``, CUDA only) gives the fast form: BatchNorm
+    folded into the convolution before it, channels_last, autocast in that
+    dtype, float32 outputs from the distilled modules and the heads, and
+    MMCV's compiled ops in float32 (see :mod:`mmdist.distillers.fast_form`). The device decides: the one
+    MMEngine's Runner will move the model to (``get_device()``). Where it
+    has no native bf16 (a CPU without AVX512-BF16 or AMX, a GPU older than
+    Ampere) the teacher stays float32 and one log line says so; fp16 on a
+    CPU raises ``ValueError`` with the reason.
+
+    Args:
+        model (nn.Module): The frozen teacher from
+            :func:`build_frozen_teacher` (eval mode, float32), changed in
+            place.
+        precision (str): ``'float32'`` (the teacher as its config builds
+            it), ``'bf16'`` or ``'fp16'``. Defaults to ``'float32'``.
+        distilled (Sequence[str]): Paths of the distilled teacher modules:
+            their own outputs stay what the stock teacher computes (not
+            folded) and leave the teacher in float32.
+        forward (callable, optional): Runs the teacher's forward on an
+            ``(N, 3, H, W)`` input (the distiller's teacher plan); used once
+            to find the foldable BatchNorm layers. None folds nothing.
+
+    Returns:
+        TeacherForm: What a step applies (its ``autocast`` and ``prepare``).
+    """
+    device = get_device()
+    dtype, fallback = resolve_precision(precision, device)
+    if fallback is not None:
+        print_log(fallback, logger='current', level=logging.WARNING)
+    if dtype is None:
+        return TeacherForm()
+    probe, failure = None, None
+    if forward is not None:
+        for size in PROBE_SIZES:
+            # Its own generator: building must not move the global RNG
+            # (the student's initialisation comes after).
+            image = torch.randn(
+                1, 3, size, size, generator=torch.Generator().manual_seed(0))
+            try:
+                with torch.no_grad():
+                    forward(image)
+            except Exception as error:  # a model that needs another size
+                failure = f'{type(error).__name__}: {error}'
+                continue
+            probe = (lambda image=image: forward(image))
+            break
+        if probe is None:
+            print_log(
+                'teacher fast form: no BatchNorm folded, the probe forward '
+                f'failed at sizes {PROBE_SIZES} ({failure})',
+                logger='current', level=logging.WARNING)
+    form = make_fast(model, dtype, probe, keep=distilled,
+                     outputs=[*distilled, *_head_paths(model)],
+                     float32_modules=_float32_paths(model))
+    print_log(f'teacher form on {device}: {form.describe()}',
+              logger='current')
+    return form
