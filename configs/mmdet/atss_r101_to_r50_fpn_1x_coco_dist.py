@@ -9,6 +9,12 @@
 # Recipe: MMDet's atss_r50_fpn_1x_coco, unchanged (12 epochs, 8 GPUs x 2 =
 # 16 images, SGD lr 0.01).
 # Deliberate differences: none (no paper recipe to differ from).
+# Teacher precision: float32 here. The fast form (teacher_precision='bf16':
+# folded BatchNorm, channels_last, bf16 autocast) is measured on CPUs, not
+# yet on a GPU; it becomes this config's default once
+# tools/analysis/gpu_check.sh has measured it there (README, 'A fast
+# teacher'). On a CPU with AVX512-BF16 or AMX, set it here or with
+# --cfg-options model.teacher_precision=bf16.
 _base_ = 'mmdet::atss/atss_r50_fpn_1x_coco.py'
 custom_imports = dict(imports=['mmdist'], allow_failed_imports=False)
 
@@ -19,6 +25,7 @@ model = dict(
     teacher='mmdet::atss/atss_r101_fpn_1x_coco.py',
     teacher_ckpt='https://download.openmmlab.com/mmdetection/v2.0/atss/'
     'atss_r101_fpn_1x_coco/atss_r101_fpn_1x_20200825-dfcadd6f.pth',
+    teacher_precision='float32',
     distill_terms=[
         dict(
             student_module='bbox_head.atss_cls',

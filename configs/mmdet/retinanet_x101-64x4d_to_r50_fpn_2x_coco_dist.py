@@ -12,6 +12,12 @@
 # a row is all 9 x 80 channels of one position (DISTLoss num_classes=None)
 # and the teacher's BatchNorm is frozen (it always runs in eval mode).
 # Deliberate differences: none known.
+# Teacher precision: float32 here. The fast form (teacher_precision='bf16':
+# folded BatchNorm, channels_last, bf16 autocast) is measured on CPUs, not
+# yet on a GPU; it becomes this config's default once
+# tools/analysis/gpu_check.sh has measured it there (README, 'A fast
+# teacher'). On a CPU with AVX512-BF16 or AMX, set it here or with
+# --cfg-options model.teacher_precision=bf16.
 _base_ = 'mmdet::retinanet/retinanet_r50_fpn_2x_coco.py'
 custom_imports = dict(imports=['mmdist'], allow_failed_imports=False)
 
@@ -23,6 +29,7 @@ model = dict(
     teacher_ckpt='https://download.openmmlab.com/mmdetection/v2.0/retinanet/'
     'retinanet_x101_64x4d_fpn_1x_coco/'
     'retinanet_x101_64x4d_fpn_1x_coco_20200130-366f5af1.pth',
+    teacher_precision='float32',
     distill_terms=[
         dict(
             student_module='bbox_head.retina_cls',

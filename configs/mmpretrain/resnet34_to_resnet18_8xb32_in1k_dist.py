@@ -14,6 +14,12 @@
 #   torchvision model behind the paper's 73.31;
 # - MMPretrain's zoo ResNet-18 (69.90) was trained without Nesterov and the
 #   decay exemptions: it is not the student-alone baseline of this recipe.
+# Teacher precision: float32 here. The fast form (teacher_precision='bf16':
+# folded BatchNorm, channels_last, bf16 autocast) is measured on CPUs, not
+# yet on a GPU; it becomes this config's default once
+# tools/analysis/gpu_check.sh has measured it there (README, 'A fast
+# teacher'). On a CPU with AVX512-BF16 or AMX, set it here or with
+# --cfg-options model.teacher_precision=bf16.
 _base_ = 'mmpretrain::resnet/resnet18_8xb32_in1k.py'
 custom_imports = dict(imports=['mmdist'], allow_failed_imports=False)
 
@@ -23,6 +29,7 @@ model = dict(
     student={{_base_.model}},
     teacher='mmpretrain::resnet/resnet34_8xb32_in1k.py',
     teacher_ckpt='https://download.openmmlab.com/mmclassification/v0/resnet/resnet34_8xb32_in1k_20210831-f257d4e6.pth',
+    teacher_precision='float32',
     distill_terms=[
         dict(
             student_module='head.fc',

@@ -13,6 +13,12 @@
 # baseline of this recipe. Deliberate difference: the authors' Nesterov
 # momentum and bias/normalisation decay exemptions (used in the ResNet-18
 # configs) are not applied, to keep MMPretrain's baseline comparable.
+# Teacher precision: float32 here. The fast form (teacher_precision='bf16':
+# folded BatchNorm, channels_last, bf16 autocast) is measured on CPUs, not
+# yet on a GPU; it becomes this config's default once
+# tools/analysis/gpu_check.sh has measured it there (README, 'A fast
+# teacher'). On a CPU with AVX512-BF16 or AMX, set it here or with
+# --cfg-options model.teacher_precision=bf16.
 _base_ = 'mmpretrain::mobilenet_v2/mobilenet-v2_8xb32_in1k.py'
 custom_imports = dict(imports=['mmdist'], allow_failed_imports=False)
 
@@ -22,6 +28,7 @@ model = dict(
     student={{_base_.model}},
     teacher='mmpretrain::resnet/resnet50_8xb32_in1k.py',
     teacher_ckpt='https://download.openmmlab.com/mmclassification/v0/resnet/resnet50_8xb32_in1k_20210831-ea4938fc.pth',
+    teacher_precision='float32',
     distill_terms=[
         dict(
             student_module='head.fc',

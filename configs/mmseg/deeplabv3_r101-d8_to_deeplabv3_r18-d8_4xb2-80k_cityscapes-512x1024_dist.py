@@ -15,6 +15,12 @@
 # DeepLabV3-R101 teacher (78.07 mIoU): MMSeg's recipe and zoo teacher
 # (DeepLabV3 R101-d8, 80.2 in its zoo) are used, so the student-alone
 # baseline is MMSeg's zoo number (76.70), not the paper's (74.21).
+# Teacher precision: float32 here. The fast form (teacher_precision='bf16':
+# folded BatchNorm, channels_last, bf16 autocast) is measured on CPUs, not
+# yet on a GPU; it becomes this config's default once
+# tools/analysis/gpu_check.sh has measured it there (README, 'A fast
+# teacher'). On a CPU with AVX512-BF16 or AMX, set it here or with
+# --cfg-options model.teacher_precision=bf16.
 _base_ = 'mmseg::deeplabv3/deeplabv3_r18-d8_4xb2-80k_cityscapes-512x1024.py'
 custom_imports = dict(imports=['mmdist'], allow_failed_imports=False)
 
@@ -24,6 +30,7 @@ model = dict(
     student={{_base_.model}},
     teacher='mmseg::deeplabv3/deeplabv3_r101-d8_4xb2-80k_cityscapes-512x1024.py',
     teacher_ckpt='https://download.openmmlab.com/mmsegmentation/v0.5/deeplabv3/deeplabv3_r101-d8_512x1024_80k_cityscapes/deeplabv3_r101-d8_512x1024_80k_cityscapes_20200606_113503-9e428899.pth',
+    teacher_precision='float32',
     distill_terms=[
         dict(
             student_module='decode_head.conv_seg',

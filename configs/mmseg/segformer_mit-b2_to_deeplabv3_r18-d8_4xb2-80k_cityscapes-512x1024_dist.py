@@ -15,6 +15,12 @@
 # Deliberate differences: none (no paper recipe to differ from); unlike the
 # DeepLabV3-teacher configs the auxiliary head is not distilled (SegFormer
 # has none).
+# Teacher precision: float32 here. The fast form (teacher_precision='bf16':
+# folded BatchNorm, channels_last, bf16 autocast) is measured on CPUs, not
+# yet on a GPU; it becomes this config's default once
+# tools/analysis/gpu_check.sh has measured it there (README, 'A fast
+# teacher'). On a CPU with AVX512-BF16 or AMX, set it here or with
+# --cfg-options model.teacher_precision=bf16.
 _base_ = 'mmseg::deeplabv3/deeplabv3_r18-d8_4xb2-80k_cityscapes-512x1024.py'
 custom_imports = dict(imports=['mmdist'], allow_failed_imports=False)
 
@@ -24,6 +30,7 @@ model = dict(
     student={{_base_.model}},
     teacher='mmseg::segformer/segformer_mit-b2_8xb1-160k_cityscapes-1024x1024.py',
     teacher_ckpt='https://download.openmmlab.com/mmsegmentation/v0.5/segformer/segformer_mit-b2_8x1_1024x1024_160k_cityscapes/segformer_mit-b2_8x1_1024x1024_160k_cityscapes_20211207_134205-6096669a.pth',
+    teacher_precision='float32',
     distill_terms=[
         dict(
             student_module='decode_head.conv_seg',
