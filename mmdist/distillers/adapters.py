@@ -6,23 +6,26 @@ target assignment or post-processing. :class:`TeacherPlan` reads that from
 the terms' teacher paths:
 
 - ``backbone.*`` / ``neck.*`` (feature mimicking): ``extract_feat`` alone;
-- dense detection heads (RetinaNet, FCOS, ATSS, GFL), segmentation
+- dense detection heads (RetinaNet, FCOS, ATSS, GFL...), segmentation
   decode/auxiliary heads and classifier heads: each such head on the
-  features (:class:`HeadsForward`);
+  features (:class:`HeadsForward`); a cascade decode head (OCRNet) stage
+  by stage, each fed the previous stage's output (:class:`CascadeForward`);
 - two-stage box classifiers (``roi_head.bbox_head...``): RoI feature
-  extraction and one box head on the *student's* sampled RoIs (no RPN,
-  sampler, losses or mask head), so both logit matrices describe the same
-  boxes (:class:`RoIBoxForward`). For a cascade teacher the stage is the
+  extraction and one box head on the *student's* sampled RoIs (the
+  teacher RoI head's own ``_bbox_forward``; no RPN, sampler, losses or mask
+  head), so both logit matrices describe the same boxes
+  (:class:`RoIBoxForward`). For a cascade teacher the stage is the
   index in the teacher path (``roi_head.bbox_head.0.fc_cls`` -> first stage).
 
 Any mix of these runs on one ``extract_feat``.
 """
 import re
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from torch import Tensor, nn
 
 from mmdist.utils import get_module
+from .families import family_of
 from .recorder import Recorder
 
 _FEATURE_MODULES = ('backbone', 'neck')
@@ -38,8 +41,36 @@ def _head_name(model: nn.Module, path: str) -> str:
     return parts[0]
 
 
+class CascadeForward:
+    """The stages of a cascade decode head, up to the last one a term needs,
+    each stage the head family marks ``prev_output`` (OCRNet's ``OCRHead``)
+    fed the previous stage's output, as ``CascadeEncoderDecoder`` does.
+
+    Args:
+        stages (nn.ModuleList): The cascade (``decode_head``).
+        last (int): Index of the last stage to run.
+    """
+
+    def __init__(self, stages: nn.ModuleList, last: int) -> None:
+        self.stages = [stages[i] for i in range(last + 1)]
+        self.prev_output = [
+            bool(getattr(family_of(stage), 'prev_output', False))
+            for stage in self.stages
+        ]
+
+    def __call__(self, feats) -> None:
+        output = None
+        for stage, takes_prev in zip(self.stages, self.prev_output):
+            output = stage(feats, output) if takes_prev else stage(feats)
+
+
 class HeadsForward:
     """The heads that hold distilled modules, run on extracted features.
+
+    A head is called as ``head(features)``, except the stages of a cascade
+    (a list of heads in which the family table marks a stage as taking the
+    previous stage's output): those run in order from the first, see
+    :class:`CascadeForward`.
 
     Args:
         model (nn.Module): An OpenMMLab detector, segmentor or classifier.
@@ -55,15 +86,38 @@ class HeadsForward:
             name = _head_name(model, path)
             if name not in names:
                 names.append(name)
-        self.heads = [get_module(model, n, owner) for n in names]
+        cascades: Dict[str, int] = {}
+        self.heads: List[Callable] = []
+        for name in names:
+            parts = name.split('.')
+            container = getattr(model, parts[0])
+            if len(parts) == 2 and _is_cascade(container):
+                cascades[parts[0]] = max(cascades.get(parts[0], 0),
+                                         int(parts[1]))
+            else:
+                self.heads.append(get_module(model, name, owner))
+        for name, last in cascades.items():
+            self.heads.append(CascadeForward(getattr(model, name), last))
 
     def __call__(self, feats) -> None:
         for head in self.heads:
             head(feats)
 
 
+def _is_cascade(container: nn.Module) -> bool:
+    """A list of heads whose later stages take the previous one's output."""
+    return isinstance(container, nn.ModuleList) and any(
+        getattr(family_of(stage), 'prev_output', False)
+        for stage in container)
+
+
 class RoIBoxForward:
     """One box head of the teacher on the student's sampled RoIs.
+
+    Runs the teacher RoI head's own ``_bbox_forward`` (RoI extraction,
+    shared head, box head; per stage for a cascade), so that box heads with
+    their own inputs (Double-Head's separate classification and regression
+    RoI features, HTC's semantic fusion) run as in the teacher's model.
 
     Args:
         teacher (nn.Module): The frozen two-stage teacher.
@@ -85,20 +139,14 @@ class RoIBoxForward:
             raise ValueError(
                 'RoI distillation needs modules inside roi_head.bbox_head, '
                 f'got student {student_path!r} and teacher {teacher_path!r}')
-        roi_head = teacher.roi_head
-        self.extractor = roi_head.bbox_roi_extractor
-        self.box_head = roi_head.bbox_head
-        if isinstance(self.box_head, nn.ModuleList):
-            stage = int(t_match.group(1) or 0)
-            self.extractor = self.extractor[stage]
-            self.box_head = self.box_head[stage]
-        self.shared_head = (
-            roi_head.shared_head if getattr(roi_head, 'with_shared_head',
-                                            False) else None)
+        self.roi_head = teacher.roi_head
+        self.stage: Optional[int] = None
+        if isinstance(self.roi_head.bbox_head, nn.ModuleList):
+            self.stage = int(t_match.group(1) or 0)
         self.student_extractor = 'roi_head.bbox_roi_extractor' + (
             f'.{s_match.group(1)}' if s_match.group(1) else '')
-        self.key: Tuple[int, str] = (id(self.box_head),
-                                     self.student_extractor)
+        self.key: Tuple = (id(self.roi_head), self.stage,
+                           self.student_extractor)
         self.student_rois: Optional[Recorder] = None
 
     def attach(self, student: nn.Module) -> Recorder:
@@ -112,13 +160,18 @@ class RoIBoxForward:
             raise RuntimeError(
                 f'the student never called {self.student_extractor} in this '
                 'step, so there are no RoIs for the teacher to score')
-        # A mask branch sharing the extractor runs after the box branch: the
-        # first call of the step holds the box RoIs.
+        # A mask branch sharing the extractor runs after the box branch
+        # (and Double-Head calls it twice on the same RoIs): the first call
+        # of the step holds the box RoIs.
         rois = self.student_rois.records[0].detach()
-        roi_feats = self.extractor(feats[:self.extractor.num_inputs], rois)
-        if self.shared_head is not None:
-            roi_feats = self.shared_head(roi_feats)
-        self.box_head(roi_feats)
+        if self.stage is None:
+            self.roi_head._bbox_forward(feats, rois)
+            return
+        kwargs = {}
+        if getattr(self.roi_head, 'with_semantic', False):
+            # HTC fuses its semantic head's features into the box branch.
+            kwargs['semantic_feat'] = self.roi_head.semantic_head(feats)[1]
+        self.roi_head._bbox_forward(self.stage, feats, rois, **kwargs)
 
 
 class TeacherPlan:

@@ -10,8 +10,8 @@ from mmengine.model import BaseModel
 from torch import Tensor, nn
 
 from mmdist.registry import MODELS
-from mmdist.utils import get_module
 from .adapters import TeacherPlan
+from .expand import expand_terms
 from .fast_form import PRECISIONS, to_float32
 from .pixels import InputRenormaliser
 from .recorder import Recorder
@@ -53,7 +53,12 @@ class Distiller(BaseModel):
         teacher (str | dict): The teacher's config path (``mmdet::...``,
             ``mmdist::...``, a file path) or model dict.
         teacher_ckpt (str, optional): Path or URL of the teacher's weights.
-        distill_terms (list[dict]): :class:`DistillTerm` configs.
+        distill_terms (list[dict], optional): :class:`DistillTerm` configs,
+            or short terms naming a head (``dict(head='bbox_head',
+            loss=dict(type='mmdist.DISTLoss'))``; no ``head``: every class
+            head) that expand, at build time and logged, into the terms its
+            head family needs (see :mod:`~mmdist.distillers.expand`).
+            ``None`` is ``DISTLoss`` on every class head.
         teacher_precision (str): The form the teacher runs in, decided once
             when it is built (see :func:`~mmdist.distillers.make_fast_teacher`):
             ``'float32'`` (default: as its config builds it), ``'bf16'`` (the
@@ -83,7 +88,7 @@ class Distiller(BaseModel):
     def __init__(self,
                  student: dict,
                  teacher: Union[str, dict],
-                 distill_terms: Sequence[dict],
+                 distill_terms: Optional[Sequence[dict]] = None,
                  teacher_ckpt: Optional[str] = None,
                  teacher_precision: str = 'float32',
                  teacher_autocast: Optional[str] = None,
@@ -124,10 +129,13 @@ class Distiller(BaseModel):
         self.distill_weight = 1.0
         self.distill_weight_scheduled = False
 
-        if not distill_terms:
-            raise ValueError('Distiller needs at least one distill term')
-        self.terms = nn.ModuleList(
-            [DistillTerm(**dict(term)) for term in distill_terms])
+        if distill_terms is not None and not distill_terms:
+            raise ValueError('Distiller needs at least one distill term '
+                             '(or distill_terms=None: every class head)')
+        self.terms = nn.ModuleList([
+            DistillTerm(**term)
+            for term in expand_terms(distill_terms, self.student, frozen)
+        ])
         self._dedupe_names()
         self.teacher_forward = TeacherPlan(
             frozen, [(t.teacher_module, t.student_module) for t in self.terms])
@@ -138,11 +146,7 @@ class Distiller(BaseModel):
             lambda x: self.teacher_forward.features(frozen, x))
         self.recorders: List[Recorder] = []
         for term in self.terms:
-            term.student_outputs = Recorder(
-                get_module(self.student, term.student_module, 'student'))
-            term.teacher_outputs = Recorder(
-                get_module(frozen, term.teacher_module, 'teacher'))
-            self.recorders += [term.student_outputs, term.teacher_outputs]
+            self.recorders += term.attach(self.student, frozen)
         self.recorders += self.teacher_forward.attach(self.student)
 
     @staticmethod

@@ -1,7 +1,29 @@
-"""Forward hooks that record a module's outputs (or an input) during a step."""
+"""Record a module's outputs (or an input) during a step."""
 from typing import List, Optional
 
 from torch import Tensor, nn
+
+
+class _RecordingForward:
+    """Instance-level ``forward`` that records what the class's ``forward``
+    returns, so that direct ``module.forward(...)`` calls are seen too
+    (``BaseDecodeHead.loss`` calls ``self.forward``, which bypasses hooks).
+
+    Holds the module and the recorder as attributes (not a closure), so a
+    deep copy of the model (an EMA copy) calls its own copy's class
+    ``forward`` and records into its own copies of the recorders.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+        self.recorders: List['Recorder'] = []
+
+    def __call__(self, *args, **kwargs):
+        output = type(self.module).forward(self.module, *args, **kwargs)
+        for recorder in self.recorders:
+            if recorder.active:
+                recorder.records.append(output)
+        return output
 
 
 class Recorder:
@@ -14,17 +36,34 @@ class Recorder:
     between steps.
 
     Args:
-        module (nn.Module): The module to hook.
+        module (nn.Module): The module to record.
         input_index (int, optional): Record this positional input instead of
             the output (e.g. the RoIs passed to a RoI extractor).
+        record_forward (bool): Record the module's ``forward()`` calls, also
+            those made directly (``self.forward(x)``) rather than through
+            ``module(x)``, which forward hooks miss. Used for heads whose
+            class logits are the output of ``forward`` itself (Segmenter's
+            mask transformer head). Defaults to False (a forward hook).
     """
 
-    def __init__(self, module: nn.Module,
-                 input_index: Optional[int] = None) -> None:
+    def __init__(self,
+                 module: nn.Module,
+                 input_index: Optional[int] = None,
+                 record_forward: bool = False) -> None:
         self.records: List[Tensor] = []
         self.active = False
         self.input_index = input_index
-        if input_index is None:
+        self.handle = None
+        if record_forward:
+            if input_index is not None:
+                raise ValueError('record_forward records outputs; it cannot '
+                                 'be combined with input_index')
+            wrapper = module.__dict__.get('forward')
+            if not isinstance(wrapper, _RecordingForward):
+                wrapper = _RecordingForward(module)
+                module.forward = wrapper
+            wrapper.recorders.append(self)
+        elif input_index is None:
             self.handle = module.register_forward_hook(self._on_output)
         else:
             self.handle = module.register_forward_pre_hook(self._on_input)

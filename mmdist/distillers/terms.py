@@ -9,6 +9,8 @@ from torch import Tensor, nn
 
 from mmdist.registry import MODELS
 from .connectors import check_connector_levels
+from mmdist.utils import get_module
+from .families import family_of
 from .recorder import Recorder
 
 _LOSS_NAMES = {'DISTLoss': 'dist', 'KDLoss': 'kd'}
@@ -47,6 +49,15 @@ class DistillTerm(nn.Module):
             out_channels=256, num_levels=5)``. Its parameters belong to the
             distiller (optimizer, DDP, training checkpoints), never to the
             exported student.
+        max_calls (int, optional): Keep only the first ``max_calls`` calls
+            of each module in a step (a cascade stage that the segmentor
+            calls again to feed the next stage: the first call is the one
+            its own loss trains). Defaults to None (every call).
+
+    A module that is itself a head listed in
+    :mod:`mmdist.distillers.families` (``decode_head`` of Segmenter) is
+    recorded from its ``forward()``, which models call directly, so that its
+    output is seen; other modules through forward hooks.
     """
 
     def __init__(self,
@@ -56,8 +67,14 @@ class DistillTerm(nn.Module):
                  name: Optional[str] = None,
                  resize_teacher: bool = False,
                  ignore_index: Optional[int] = None,
-                 connector: Optional[dict] = None) -> None:
+                 connector: Optional[dict] = None,
+                 max_calls: Optional[int] = None) -> None:
         super().__init__()
+        if max_calls is not None and (not isinstance(max_calls, int)
+                                      or max_calls < 1):
+            raise ValueError(f'max_calls must be a positive int or None, got '
+                             f'{max_calls!r}')
+        self.max_calls = max_calls
         self.student_module = student_module
         self.teacher_module = teacher_module
         self.loss = MODELS.build(loss)
@@ -72,6 +89,19 @@ class DistillTerm(nn.Module):
         # Counted per term: a healthy term must not reset a broken one's.
         self.nonfinite_in_a_row = 0
         self.nonfinite_total = 0
+
+    def attach(self, student: nn.Module,
+               teacher: nn.Module) -> List[Recorder]:
+        """Start recording the two modules; returns their recorders."""
+        recorders = []
+        for side, model, path in (('student', student, self.student_module),
+                                  ('teacher', teacher, self.teacher_module)):
+            module = get_module(model, path, side)
+            recorder = Recorder(
+                module, record_forward=family_of(module) is not None)
+            setattr(self, f'{side}_outputs', recorder)
+            recorders.append(recorder)
+        return recorders
 
     def align_teacher(self, student: Tensor, teacher: Tensor) -> Tensor:
         """Return teacher logits shaped like the student's, or raise."""
@@ -109,6 +139,8 @@ class DistillTerm(nn.Module):
     # -- levels -----------------------------------------------------------
     def _levels(self, records: list, side: str, path: str) -> List[Tensor]:
         levels = []
+        if self.max_calls is not None:
+            records = records[:self.max_calls]
         for output in records:
             items = output if isinstance(output, (tuple, list)) else [output]
             for item in items:
@@ -137,8 +169,32 @@ class DistillTerm(nn.Module):
                 f'{self.student_module} gave {len(students)} outputs but '
                 f'teacher {self.teacher_module} gave {len(teachers)} in this '
                 'step; they must pair up (e.g. one per FPN level on both '
-                'sides)')
+                f'sides).{self._hint(len(students), len(teachers))}')
         return students, teachers
+
+    def _hint(self, students: int, teachers: int) -> str:
+        """Likely causes of a count mismatch, for the error."""
+        hints = []
+        for side, count in (('student', students), ('teacher', teachers)):
+            if count == 0:
+                path = getattr(self, f'{side}_module')
+                hints.append(
+                    f' {side} {path} recorded nothing: if it is a container '
+                    '(ModuleList/Sequential of per-level convs) that the '
+                    'head indexes rather than calls, name its elements; if '
+                    'the model calls its forward() directly (a head inside '
+                    'another head), name the module inside it that holds '
+                    "the logits, or use the short form dict(head=..., "
+                    'loss=...), which knows where each head family keeps '
+                    'them.')
+        if students and teachers and students % teachers == 0 and (
+                self.max_calls is None):
+            hints.append(
+                f' The student calls {self.student_module} '
+                f'{students // teachers} times as often as the teacher: if '
+                'the model calls it again for another purpose (a cascade '
+                'stage feeding the next), set max_calls on the term.')
+        return ''.join(hints)
 
     def connect(self, student: Tensor, level: int) -> Tensor:
         """Apply the connector (if any) to one student level."""
