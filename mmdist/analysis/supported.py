@@ -95,7 +95,8 @@ def zoo_rows(zoo: ZooModel) -> Tuple[List[Tuple[str, str, str]], str]:
 
     Returns:
         tuple: ``(term path pattern, head type, activation)`` rows, and the
-        status: ``'distilled'``, ``'refused: ...'`` or ``'upstream: ...'``.
+        status: ``'distilled'`` (with a pointer to the upstream issue, if
+        any) or ``'refused (<head type>)'``.
     """
     package = zoo.config.split('::')[0]
     registry = _registry(package)
@@ -145,10 +146,9 @@ def zoo_rows(zoo: ZooModel) -> Tuple[List[Tuple[str, str, str]], str]:
                              _activation(head_cfg, cls, family)))
     if refused:
         status = f'refused ({refused})'
-    elif zoo.upstream:
-        status = 'upstream failure'
     else:
-        status = 'distilled'
+        status = 'distilled' + (' (upstream issue below)'
+                                if zoo.upstream else '')
     return rows, status
 
 
@@ -190,8 +190,8 @@ def render() -> str:
         heavy = ' *heavy*' if zoo.heavy else ''
         out.append(f'| {zoo.family}{heavy} | `{config}` | {terms} | '
                    f'{status} |')
-    out += ['', 'Upstream failures (the zoo model fails here without '
-            'mmdist):', '']
+    out += ['', 'Upstream issues (the zoo model fails here without mmdist):',
+            '']
     out += [f'- {family}: {reason}.' for family, reason in notes.items()]
     out += [
         '', '## Head families', '',
