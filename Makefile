@@ -25,9 +25,10 @@ test-fast: install
 # KD vs DIST on built-in synthetic data (detection and segmentation), with a
 # report in work_dirs/demo/. TASK=det|seg|all, ITERS (students),
 # TEACHER_ITERS (default 1000 for det, 500 for seg), IMAGES, SEEDS (the
-# students trained with seeds 0..SEEDS-1, mean and std reported).
+# students trained with seeds 0..SEEDS-1, mean and std reported),
+# TEACHER_PRECISION=float32|bf16 (default: the demo configs' bf16).
 demo: install
-	$(PYTHON) tools/demo.py --task $(TASK) --iters $(ITERS) $(if $(TEACHER_ITERS),--teacher-iters $(TEACHER_ITERS)) --images $(IMAGES) --seeds $(SEEDS)
+	$(PYTHON) tools/demo.py --task $(TASK) --iters $(ITERS) $(if $(TEACHER_ITERS),--teacher-iters $(TEACHER_ITERS)) --images $(IMAGES) --seeds $(SEEDS) $(if $(TEACHER_PRECISION),--teacher-precision $(TEACHER_PRECISION))
 
 clean:
 	rm -rf work_dirs .pytest_cache

@@ -23,6 +23,7 @@ Usage:
     python tools/demo.py [--task det|seg|all] [--iters 250]
         [--teacher-iters N] [--images 400] [--seeds 1]
         [--work-dir work_dirs/demo] [--retrain-teacher]
+        [--teacher-precision float32|bf16]
 """
 import argparse
 import json
@@ -30,7 +31,7 @@ import os
 import os.path as osp
 import shutil
 import time
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import mmdist  # noqa: F401  (registers mmdist, safe checkpoint loading)
 import numpy as np
@@ -128,7 +129,8 @@ def read_text(path: str) -> str:
 
 
 def demo_config(task: str, variant: str, data_root: str, work_dir: str,
-                iters: int, teacher_ckpt: str, seed: int = 0) -> Config:
+                iters: int, teacher_ckpt: str, seed: int = 0,
+                teacher_precision: Optional[str] = None) -> Config:
     """The demo config of one run, with its data, schedule and seed.
 
     Args:
@@ -139,6 +141,8 @@ def demo_config(task: str, variant: str, data_root: str, work_dir: str,
         iters (int): Training iterations (cosine schedule, 10% warm-up).
         teacher_ckpt (str): The teacher's weights (KD and DIST runs).
         seed (int): The run's random seed.
+        teacher_precision (str, optional): The distillers'
+            ``teacher_precision``; None keeps the configs' (``'bf16'``).
 
     Returns:
         Config: The config to hand to ``Runner.from_cfg``.
@@ -171,6 +175,8 @@ def demo_config(task: str, variant: str, data_root: str, work_dir: str,
     cfg.default_hooks.logger.interval = max(1, iters // 15)
     if variant in ('kd', 'dist'):
         cfg.model.teacher_ckpt = teacher_ckpt
+        if teacher_precision is not None:
+            cfg.model.teacher_precision = teacher_precision
     return cfg
 
 
@@ -267,13 +273,13 @@ def run_seed(task: str, seed: int, data_root: str, base: str,
         print(f'[{task}] seed {seed}: training {LABELS[variant]} for '
               f'{args.iters} iterations')
         cfg = demo_config(task, variant, data_root, work_dir, args.iters,
-                          teacher_ckpt, seed)
+                          teacher_ckpt, seed, args.teacher_precision)
         runs[variant] = run_result(task, variant, work_dir, args.iters,
                                    train(cfg))
     # Teacher-student discrepancy on the validation set, for every student.
     dist_cfg = demo_config(task, 'dist', data_root,
                            osp.join(base, f'seed{seed}', 'dist'), args.iters,
-                           teacher_ckpt, seed)
+                           teacher_ckpt, seed, args.teacher_precision)
     loader = Runner.build_dataloader(dist_cfg.val_dataloader)
     for variant in STUDENTS:
         model = build_distiller_with_student(dist_cfg,
@@ -501,6 +507,10 @@ def main() -> None:
                         'and report mean and std (one teacher for all)')
     parser.add_argument('--work-dir', default='work_dirs/demo')
     parser.add_argument('--retrain-teacher', action='store_true')
+    parser.add_argument(
+        '--teacher-precision', choices=['float32', 'bf16'], default=None,
+        help="the students' teacher form (default: the demo configs', "
+        "'bf16'; float32 on a CPU without bf16)")
     args = parser.parse_args()
     if args.seeds < 1:
         parser.error(f'--seeds must be at least 1, got {args.seeds}')
