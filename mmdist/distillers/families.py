@@ -407,8 +407,10 @@ ZOO: Tuple[ZooModel, ...] = (
     _seg('BiSeNetV2',
          'bisenetv2/bisenetv2_fcn_4xb4-160k_cityscapes-1024x1024.py'),
     _seg('STDC', 'stdc/stdc1_4xb12-80k_cityscapes-512x1024.py'),
+    # Its head pools with a 49x49 kernel at 1/8: inputs of at least 392.
     _seg('LRASPP', 'mobilenet_v3/'
-         'mobilenet-v3-d8_lraspp_4xb4-320k_cityscapes-512x1024.py'),
+         'mobilenet-v3-d8_lraspp_4xb4-320k_cityscapes-512x1024.py',
+         input_size=(400, 400), heavy=True),
     _seg('SegNeXt',
          'segnext/segnext_mscan-t_1xb16-adamw-160k_ade20k-512x512.py'),
     _seg('Segmenter',
