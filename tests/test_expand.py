@@ -26,6 +26,9 @@ def _model(config: str) -> dict:
     strip_pretrained(cfg.model)
     model = model_config(cfg)
     model['_scope_'] = cfg.default_scope
+    if model.data_preprocessor.get('size') is not None:
+        # MMSeg pads to its crop size: pad seg_batch()'s images to theirs.
+        model.data_preprocessor['size'] = (64, 128)
     return model
 
 def _distiller(student: str, teacher: str, terms):
