@@ -247,11 +247,14 @@ def measure_case(losses, case, device, runs, warmup):
             activation=case.activation,
             num_classes=case.num_classes,
             tau=case.tau),
+        # The paper's form (floor=0), so that values and gradients can be
+        # held to the published formulation's.
         'mmdist':
         losses.DISTLoss(
             activation=case.activation,
             num_classes=case.num_classes,
-            tau=case.tau),
+            tau=case.tau,
+            floor=0.),
     }
     steps = {
         name: functools.partial(loss_step, fn, pairs)
