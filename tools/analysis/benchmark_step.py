@@ -18,7 +18,9 @@ student's own step, with the float32 teacher and with the fast one.
 
 ``--teachers`` times the minimal forward of every shipped teacher alone,
 float32 against the fast form (random weights, one image of the stated
-size), and prints the speed-ups.
+size), and prints the speed-ups. ``--compile`` measures ``torch.compile``
+on top of the fast form once (torchvision's ResNet-50, 1x3x224x224): the
+first call's time, eager / compiled and the break-even forward count.
 
 Timings are medians of ``--runs`` interleaved runs after a warm-up, in one
 process; the ratios are computed per run and printed as median and
@@ -28,6 +30,7 @@ Usage:
     python tools/analysis/benchmark_step.py [--pairs det seg two-stage]
         [--runs 10] [--fast]
     python tools/analysis/benchmark_step.py --teachers [--runs 3]
+    python tools/analysis/benchmark_step.py --compile [--runs 5]
 """
 import argparse
 import statistics
@@ -317,6 +320,43 @@ def print_teachers(runs: int) -> None:
           'the last teacher\'s)')
 
 
+def compile_check(runs: int) -> None:
+    """``torch.compile`` of a fast-form teacher (torchvision's ResNet-50 at
+    1x3x224x224): compile cost against the per-forward gain."""
+    import torchvision
+
+    from mmdist.distillers.fast_form import make_fast
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50().eval()
+    image = torch.randn(1, 3, 224, 224)
+    form = make_fast(model, torch.bfloat16, lambda: model(image),
+                     outputs=['fc'])
+    compiled = torch.compile(model)
+
+    def forward(net):
+        with torch.no_grad(), form.autocast('cpu'):
+            return net(form.prepare(image))
+
+    start = time.perf_counter()
+    forward(compiled)
+    first = time.perf_counter() - start
+    times = dict(eager=[], compiled=[])
+    for _ in range(runs):
+        for key, net in (('eager', model), ('compiled', compiled)):
+            start = time.perf_counter()
+            forward(net)
+            times[key].append(time.perf_counter() - start)
+    eager, fast = (statistics.median(times[k]) for k in times)
+    gain = eager - fast
+    verdict = (f'pays back after {first / gain:.0f} forwards'
+               if gain > 0 else 'never pays back')
+    diff = float((forward(compiled) - forward(model)).abs().max())
+    print(f'torch.compile of the fast ResNet-50 on {torch.get_num_threads()}'
+          f' thread(s): first call {first:.1f} s, then {1000 * fast:.0f} ms '
+          f'against {1000 * eager:.0f} ms eager ({eager / fast:.2f}x); '
+          f'{verdict}; largest logit difference {diff:.3g}')
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--pairs', nargs='+', default=list(PAIRS),
@@ -335,7 +375,13 @@ def main() -> None:
         '--teachers', action='store_true',
         help='time the minimal forward of every shipped teacher, float32 '
         'against the fast form, instead of the pairs')
+    parser.add_argument(
+        '--compile', action='store_true',
+        help='measure torch.compile on top of the fast form once')
     args = parser.parse_args()
+    if args.compile:
+        compile_check(args.runs)
+        return
     if args.teachers:
         print_teachers(args.runs)
         return
