@@ -487,6 +487,37 @@ def edge_cases(losses, device):
                     and finite):
                 failed.append(f'{dtype} {activation}: loss {float(loss)} '
                               f'({loss.dtype}), gradient finite: {finite}')
+    failed += floor_cases(losses, device)
+    return failed
+
+
+def floor_cases(losses, device):
+    """Stable DIST on ``device``: at a constant student (64 x 100 logits,
+    teacher spread 3) the default loss's gradient is within 100x
+    cross-entropy's for the shipped (beta, gamma, tau) and equals the CPU's;
+    returns the failed cases."""
+    failed = []
+    teacher = 3 * torch.randn(
+        64, 100, generator=torch.Generator().manual_seed(0))
+    labels = teacher.argmax(1)
+    for beta, gamma, tau in ((1., 1., 1.), (2., 2., 1.), (2., 2., 4.)):
+        grads = {}
+        for where in ('cpu', device):
+            student = torch.zeros(64, 100, device=where, requires_grad=True)
+            losses.DISTLoss(beta=beta, gamma=gamma, tau=tau)(
+                student, teacher.to(where)).backward()
+            grads[where] = student.grad.cpu()
+        student = torch.zeros(64, 100, requires_grad=True)
+        torch.nn.functional.cross_entropy(student, labels).backward()
+        ratio = float(grads[device].norm() / student.grad.norm())
+        diff = float((grads[device] - grads['cpu']).norm() /
+                     grads['cpu'].norm())
+        print(f'stable DIST {beta:g}/{gamma:g}/{tau:g} on {device}: '
+              f'constant student, gradient {ratio:.3g}x cross-entropy\'s, '
+              f'relative difference to the CPU {diff:.1e}')
+        if not ratio <= 100 or not diff < 1e-4:
+            failed.append(f'stable DIST {beta:g}/{gamma:g}/{tau:g}: '
+                          f'{ratio:.3g}x cross-entropy, {diff:.1e} from CPU')
     return failed
 
 
