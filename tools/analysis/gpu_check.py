@@ -428,8 +428,10 @@ def fast_forward(model, form, images):
         return model(form.prepare(images))
 
 
-def measure_autocast(device, runs, warmup):
+def measure_autocast(device, runs, warmup, teacher_input=None):
     batch, size, width = CUDA_TEACHER if device == 'cuda' else CPU_TEACHER
+    if teacher_input:
+        batch, size = teacher_input
     model, images = calibrated_teacher(device, batch, size, width)
     fast_form = import_fast_form()
     steps = {
@@ -593,6 +595,17 @@ def main():
         help='timed runs per measurement (20 or more on CUDA)')
     parser.add_argument('--warmup', type=int, default=3)
     parser.add_argument(
+        '--teacher-input',
+        type=int,
+        nargs=2,
+        metavar=('BATCH', 'SIZE'),
+        help='images per forward and their side for the teacher rows '
+        '(default 32 224 on CUDA)')
+    parser.add_argument(
+        '--teacher-only',
+        action='store_true',
+        help='measure only the teacher rows (another input size)')
+    parser.add_argument(
         '--policy',
         choices=['cpu', 'gpu'],
         help="mmdist's block policy (default: the device's)")
@@ -647,16 +660,19 @@ def main():
                 torch.cuda.empty_cache()
 
     report['loss'] = {}
+    if args.teacher_only:
+        cases = {}
     with force_block_policy(policy):
         for case_name, case in cases.items():
             row = attempt(case_name, measure_case, losses, case, args.device,
                           args.runs, args.warmup)
             if row is not None:
                 report['loss'][case_name] = row
-        report['edge_case_failures'] = attempt('edge cases', edge_cases,
-                                               losses, args.device) or []
+        report['edge_case_failures'] = [] if args.teacher_only else (
+            attempt('edge cases', edge_cases, losses, args.device) or [])
     report['autocast'] = attempt('autocast', measure_autocast, args.device,
-                                 args.runs, args.warmup) or {}
+                                 args.runs, args.warmup,
+                                 args.teacher_input) or {}
     print()
     print_tables(report)
     slow = [n for n, r in report['loss'].items() if r['time_ratio'] > 1]
