@@ -250,6 +250,21 @@ class Distiller(BaseModel):
         self._run_teacher_rois(
             self._run_teacher_features(inputs, data_samples))
 
+    def _student_losses(self, inputs: Tensor,
+                        data_samples: Optional[list]) -> Dict[str, Tensor]:
+        """The student's own losses, a bare ``loss`` key renamed
+        ``loss_cls``.
+
+        MMPretrain's heads return their loss as ``loss``; MMEngine's
+        ``parse_losses`` logs the total under that same key, so the head's
+        value would overwrite the logged total (and what the divergence
+        guard reads) in every classification run.
+        """
+        losses = self.student.loss(inputs, data_samples)
+        if 'loss' in losses:
+            losses['loss_cls'] = losses.pop('loss')
+        return losses
+
     def loss(self, inputs: Tensor,
              data_samples: Optional[list]) -> Dict[str, Tensor]:
         """Student losses plus one ``loss_<name>`` per distillation term.
@@ -265,7 +280,7 @@ class Distiller(BaseModel):
         """
         if self.distill_weight == 0:
             # Distillation stopped: no teacher, no recording.
-            losses = self.student.loss(inputs, data_samples)
+            losses = self._student_losses(inputs, data_samples)
             reference = next(self.student.parameters())
             for term in self.terms:
                 losses.update(term.zero_loss(reference))
@@ -273,7 +288,7 @@ class Distiller(BaseModel):
             return losses
         with self._recording():
             if self.teacher_forward.student_first:
-                losses = self.student.loss(inputs, data_samples)
+                losses = self._student_losses(inputs, data_samples)
                 self._run_teacher(inputs, data_samples)
             else:
                 # Teacher first: its activations are freed before the
@@ -281,7 +296,7 @@ class Distiller(BaseModel):
                 # not the sum of both; only its recorded outputs and, for
                 # RoI terms, its features wait for the student's RoIs.
                 feats = self._run_teacher_features(inputs, data_samples)
-                losses = self.student.loss(inputs, data_samples)
+                losses = self._student_losses(inputs, data_samples)
                 self._run_teacher_rois(feats)
                 del feats
             if self.training and self.teacher_check.active:
