@@ -126,7 +126,8 @@ def test_warmup_from_zero_and_stop_log_what_happens(tmp_path):
     windows = {key: len(buffer.data[0]) for key, buffer in
                runner.message_hub.log_scalars.items()
                if key.startswith('train/') and 'loss' in key}
-    assert windows == {'train/loss': 4, 'train/loss_dist': 4}, windows
+    assert windows == {'train/loss': 4, 'train/loss_cls': 4,
+                       'train/loss_dist': 4}, windows
     logged = scalars(tmp_path / 'work')
     assert [line['loss_dist'] for line in logged][6:] == [0.0] * 4
 

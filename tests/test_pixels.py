@@ -70,7 +70,9 @@ def test_det_batch_augments_and_pad_value():
     preprocessor = DetDataPreprocessor(
         mean=MEAN, std=STD, bgr_to_rgb=True, pad_size_divisor=32,
         pad_value=3, batch_augments=[
-            dict(type='BatchFixedSizePad', size=(96, 96), pad_mask=False)
+            # Scoped: another test may have left a default scope set.
+            dict(type='mmdet.BatchFixedSizePad', size=(96, 96),
+                 pad_mask=False)
         ])
     matrix, bias = pixel_map(preprocessor)
     want_m, want_b = _expected(MEAN, STD, True)
