@@ -20,6 +20,7 @@ DINO = 'mmdet::dino/dino-4scale_r50_8xb2-12e_coco.py'
 OCRNET = 'mmseg::ocrnet/ocrnet_hr18s_4xb2-40k_cityscapes-512x1024.py'
 DIST = dict(type='mmdist.DISTLoss')
 
+
 def _model(config: str) -> dict:
     path, _ = Config._get_cfg_path(config, '')
     cfg = Config.fromfile(path)
@@ -31,6 +32,7 @@ def _model(config: str) -> dict:
         model.data_preprocessor['size'] = (64, 128)
     return model
 
+
 def _distiller(student: str, teacher: str, terms):
     student_cfg = _model(student)
     scope = student_cfg.pop('_scope_')
@@ -40,9 +42,11 @@ def _distiller(student: str, teacher: str, terms):
                  teacher=_model(teacher), distill_terms=terms,
                  teacher_check_iters=0))
 
+
 def _pairs(distiller):
     return [(t.student_module, t.teacher_module, t.name)
             for t in distiller.terms]
+
 
 def test_container_path_becomes_one_term_per_level():
     model = _distiller(RTMDET, RTMDET, [
@@ -54,6 +58,7 @@ def test_container_path_becomes_one_term_per_level():
                               f'bbox_head.rtm_cls.{i}', f'dist_l{i}')
                              for i in range(3)]
 
+
 def test_container_against_a_single_module_names_the_elements():
     with pytest.raises(ValueError) as error:
         _distiller(RTMDET, RETINA, [
@@ -64,6 +69,7 @@ def test_container_against_a_single_module_names_the_elements():
     assert ('bbox_head.rtm_cls.0, bbox_head.rtm_cls.1, bbox_head.rtm_cls.2'
             in message)
     assert 'indexes, never calls' in message
+
 
 def test_short_form_fills_activation_and_row_layout():
     model = _distiller(RETINA, RETINA, [dict(head='bbox_head', loss=DIST)])
@@ -77,14 +83,17 @@ def test_short_form_fills_activation_and_row_layout():
     ])
     assert model.terms[0].loss.num_classes is None  # the user's key wins
 
+
 def test_different_families_pair_where_rows_correspond():
     model = _distiller(FCOS, ATSS, None)
     assert _pairs(model) == [('bbox_head.conv_cls', 'bbox_head.atss_cls',
                               'dist')]
 
+
 def test_different_families_whose_rows_differ_are_refused():
     with pytest.raises(ValueError, match='different anchors per position'):
         _distiller(FCOS, RETINA, [dict(head='bbox_head', loss=DIST)])
+
 
 def test_cascade_teacher_scores_the_student_rois_with_its_first_stage():
     model = _distiller(FASTER, CASCADE, [dict(head='roi_head', loss=DIST)])
@@ -93,6 +102,7 @@ def test_cascade_teacher_scores_the_student_rois_with_its_first_stage():
     assert model.terms[0].loss.activation == 'softmax'
     losses = train_step(model, det_batch())
     assert torch.isfinite(losses['loss_dist'])
+
 
 def test_explicit_term_inside_a_query_head_is_refused():
     with pytest.raises(ValueError) as error:
@@ -105,6 +115,7 @@ def test_explicit_term_inside_a_query_head_is_refused():
     assert 'do not correspond' in message
     assert 'feature mimicking on the neck' in message
 
+
 def test_a_module_that_records_nothing_names_the_likely_causes():
     model = _distiller(RETINA, RETINA, [
         dict(student_module='bbox_head.loss_cls',
@@ -116,6 +127,7 @@ def test_a_module_that_records_nothing_names_the_likely_causes():
     assert 'teacher bbox_head.loss_cls recorded nothing' in message
     assert 'indexes rather than calls' in message
     assert 'forward() directly' in message
+
 
 def test_a_cascade_stage_called_twice_is_taken_once():
     """CascadeEncoderDecoder calls decode_head.0 for its loss and again to
@@ -132,6 +144,7 @@ def test_a_cascade_stage_called_twice_is_taken_once():
     losses = train_step(model, seg_batch())
     assert torch.isfinite(losses['loss_dist_s0'])
     assert torch.isfinite(losses['loss_dist_s1'])
+
 
 def test_print_terms_prints_pasteable_terms():
     out = run_tool('analysis/print_terms.py', RTMDET).stdout
