@@ -290,6 +290,14 @@ def test_two_process_training_equals_one_process_global_batch(tmp_path):
         # No per-process batch statistics in the student: the loss is the
         # only coupling between ranks (the teacher runs in eval mode).
         cfg.model.student.backbone.norm_cfg = dict(type='GN', num_groups=32)
+        # A head far from constant outputs. At the zoo's init (std 0.01) the
+        # student's columns start nearly constant, where DIST's gradient is
+        # ill-conditioned (1 / |u_s|, or the kink at the floor): column sums
+        # rounded in another order (two ranks' partial sums vs one process's
+        # blocks) then moved weights by up to 1.3e-4 in 3 steps, differently
+        # from run to run. The loss-level cases above cover that regime.
+        cfg.model.student.head.init_cfg = dict(
+            type='Normal', layer='Linear', std=1.)
         for term in cfg.model.distill_terms:
             term.loss.sync = True
         cfg.dump(str(path))
@@ -312,12 +320,6 @@ def test_two_process_training_equals_one_process_global_batch(tmp_path):
     assert a.keys() == b.keys() and a
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
     print(f'largest weight difference after {steps} steps: {worst:.2e}')
-    # rtol 1e-3: this student starts with intra-class columns at DISTLoss's
-    # floor, whose gradient coefficient 1 / (floor * |u_t|^2) amplifies
-    # the rounding of column sums taken in another order (two ranks'
-    # partial sums vs one process's blocks); 1.5e-4 relative (7.7e-6 on
-    # conv1) was measured in some runs, 4.9e-7 in another. The loss-level
-    # cases above hold one call at the floor to 1e-5.
     for key in a:
-        assert torch.allclose(a[key], b[key], rtol=1e-3, atol=1e-6), (key,
+        assert torch.allclose(a[key], b[key], rtol=1e-4, atol=1e-6), (key,
                                                                       worst)
