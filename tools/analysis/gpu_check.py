@@ -51,6 +51,7 @@ import copy
 import ctypes
 import datetime
 import functools
+import glob
 import importlib.util
 import json
 import math
@@ -385,37 +386,54 @@ def teacher_forward(model, images, mode):
         return model(images)
 
 
+def fast_copy(fast_form, model, mode, probe_input, label, **kwargs):
+    """A copy of ``model`` in the form ``teacher_precision`` makes of
+    ``mode`` (``'fast bf16'`` or ``'fast fp16'``) on ``probe_input``'s
+    device (:func:`fast_form.make_fast` after
+    :func:`fast_form.resolve_precision`: a bf16 request on hardware without
+    bf16 falls back to fp32, as the distiller does, and the note says so).
+
+    Returns:
+        tuple | None: ``(copy, form, note)``, or None where the mode is
+        refused (fp16 on a CPU; printed with ``label``).
+    """
+    try:
+        dtype, note = fast_form.resolve_precision(mode.split()[-1],
+                                                  probe_input.device)
+    except ValueError as error:
+        print(f'gpu_check: {label} left out: {error}')
+        return None
+    teacher = copy.deepcopy(model)
+    form = fast_form.TeacherForm()
+    if dtype is not None:
+        form = fast_form.make_fast(
+            teacher, dtype, functools.partial(teacher, probe_input),
+            **kwargs)
+    return teacher, form, note or form.describe()
+
+
 def fast_teachers(fast_form, model, images):
     """The fast forms of ``model``, each on its own copy:
     ``{mode: (forward, note)}``.
 
-    ``fast bf16`` / ``fast fp16`` are the form ``teacher_precision`` makes
-    on this device (:func:`fast_form.make_fast` after
-    :func:`fast_form.resolve_precision`: a bf16 request on hardware without
-    bf16 falls back to fp32, as the distiller does, and the note says so;
-    fp16 on a CPU is refused and the row is left out). ``folded fp32`` is
-    the same folding and channels_last without autocast."""
+    ``fast bf16`` / ``fast fp16`` are the forms of :func:`fast_copy` (fp16
+    on a CPU is refused and the row left out). ``folded fp32`` is the same
+    folding and channels_last without autocast."""
     modes = {}
     for mode in FAST_MODES:
-        teacher = copy.deepcopy(model)
-        probe = functools.partial(teacher, images[:1])
         if mode == 'folded fp32':
-            folded = fast_form.fold_batchnorm(teacher, probe)
+            teacher = copy.deepcopy(model)
+            folded = fast_form.fold_batchnorm(
+                teacher, functools.partial(teacher, images[:1]))
             teacher.to(memory_format=torch.channels_last)
             form = fast_form.TeacherForm(None, True, folded)
             note = f'{len(folded)} BatchNorm layers folded + channels_last'
         else:
-            try:
-                dtype, note = fast_form.resolve_precision(
-                    mode.split()[-1], images.device)
-            except ValueError as error:
-                print(f'gpu_check: {mode} left out: {error}')
+            made = fast_copy(fast_form, model, mode, images[:1], mode,
+                             outputs=['fc'])
+            if made is None:
                 continue
-            form = fast_form.TeacherForm()
-            if dtype is not None:
-                form = fast_form.make_fast(teacher, dtype, probe,
-                                           outputs=['fc'])
-            note = note or form.describe()
+            teacher, form, note = made
         modes[mode] = (functools.partial(fast_forward, teacher, form,
                                          images), note)
     return modes
@@ -464,6 +482,79 @@ def measure_autocast(device, runs, warmup, teacher_input=None):
             rows[mode]['form'] = notes[mode]
     for row in rows.values():
         row['time_ratio'] = row['ms'] / rows['fp32']['ms']
+    return rows
+
+
+def flat_outputs(outputs):
+    """A traced head's outputs (a tensor, or tuples of per-level lists) as
+    one flat list of float32 tensors on the CPU."""
+    if isinstance(outputs, torch.Tensor):
+        return [outputs.float().cpu()]
+    return [t for item in outputs for t in flat_outputs(item)]
+
+
+def trained_teachers(directory, device, runs, warmup, out_dir):
+    """Trained teachers exported by ``tools/analysis/trained_teacher_gpu.py
+    export`` (a ``torch.fx`` module of plain torch layers and the split's
+    uint8 images): each runs the whole split in strict fp32 (TF32 off) and
+    in the fast forms ``teacher_precision`` builds; the head outputs of
+    every form go to ``out_dir/<name>.<form>.out.pt`` for ``trained_teacher_gpu.py
+    evaluate`` to score with the stock metrics, and the time of one batch
+    (median of ``runs``) and its ratio to fp32 strict are returned."""
+    fast_form = import_fast_form()
+    rows = {}
+    for path in sorted(glob.glob(os.path.join(directory, '*.pt'))):
+        if path.endswith('.out.pt'):
+            continue
+        name = os.path.basename(path)[:-3]
+        saved = torch.load(path, weights_only=False)
+        module = saved['module'].to(device).eval()
+        images = saved['images'].to(device)
+        size = saved['batch_size']
+        chunks = list(images.split(size))
+        forms = {'fp32 strict': (module, fast_form.TeacherForm())}
+        for mode in ('fast bf16', 'fast fp16'):
+            made = fast_copy(fast_form, module, mode, chunks[0][:1],
+                             f'{name} {mode}', keep=saved['distilled'],
+                             outputs=saved['outputs'])
+            if made is not None:
+                forms[mode] = made[:2]
+
+        def run(model, form, batch, mode):
+            context = tf32(False) if mode == 'fp32 strict' else (
+                contextlib.nullcontext())
+            with torch.no_grad(), context, form.autocast(batch.device.type):
+                return model(form.prepare(batch))
+
+        outputs, steps = {}, {}
+        for mode, (model, form) in forms.items():
+            per_batch = [flat_outputs(run(model, form, c, mode))
+                         for c in chunks]
+            outputs[mode] = [torch.cat(parts) for parts in zip(*per_batch)]
+            steps[mode] = functools.partial(run, model, form, chunks[0], mode)
+        times = benchmark_loss.time_steps(steps, device, runs, warmup=warmup)
+        # One file per form: a detector's outputs for the split are about
+        # 11 MB, and the device returns files of at most 16 MiB.
+        for mode in forms:
+            torch.save(
+                dict(form=mode, outputs=outputs[mode],
+                     ms=statistics.median(times[mode]),
+                     distilled_outputs=saved['distilled_outputs'],
+                     device=str(device), config=saved['config']),
+                os.path.join(out_dir,
+                             f"{name}.{mode.replace(' ', '_')}.out.pt"))
+        reference = outputs['fp32 strict']
+        for mode in forms:
+            index = saved['distilled_outputs'][0]
+            rows[f'{name} {mode}'] = dict(
+                ms=statistics.median(times[mode]),
+                time_ratio=statistics.median(times[mode]) /
+                statistics.median(times['fp32 strict']),
+                max_abs_diff=float(
+                    (outputs[mode][index] - reference[index]).abs().max()),
+                form=forms[mode][1].describe(),
+                batch=tuple(chunks[0].shape))
+            print(f'trained {name} {mode}: {rows[f"{name} {mode}"]}')
     return rows
 
 
@@ -606,6 +697,12 @@ def main():
         action='store_true',
         help='measure only the teacher rows (another input size)')
     parser.add_argument(
+        '--trained',
+        metavar='DIR',
+        help='also run the trained teachers exported to DIR by '
+        'tools/analysis/trained_teacher_gpu.py (outputs to $OUT or the '
+        '--json folder)')
+    parser.add_argument(
         '--policy',
         choices=['cpu', 'gpu'],
         help="mmdist's block policy (default: the device's)")
@@ -673,6 +770,12 @@ def main():
     report['autocast'] = attempt('autocast', measure_autocast, args.device,
                                  args.runs, args.warmup,
                                  args.teacher_input) or {}
+    if args.trained:
+        out_dir = os.path.dirname(args.json or '') or os.environ.get(
+            'OUT', '.')
+        report['trained'] = attempt('trained teachers', trained_teachers,
+                                    args.trained, args.device, args.runs,
+                                    args.warmup, out_dir) or {}
     print()
     print_tables(report)
     slow = [n for n, r in report['loss'].items() if r['time_ratio'] > 1]
