@@ -110,6 +110,10 @@ def assert_outputs_equal(ours, stock, atol=0., rtol=0.):
 def check_pair(path: str, tmp_path, teacher_preprocessor=None,
                student_preprocessor=None, tolerance=0.):
     cfg = load_offline(path)
+    # What the teacher sees (pixels, weights), exactly: the float32 teacher.
+    # Its fast form, which the detection and segmentation configs ship
+    # with, is held to the float32 one in test_fast_teacher.py.
+    cfg.model.teacher_precision = 'float32'
     if student_preprocessor is not None:
         cfg.model.student.data_preprocessor = student_preprocessor
     teacher_model = load_teacher_config(cfg.model.teacher,

@@ -6,7 +6,7 @@ import torch
 
 from mmdist.losses import DISTLoss, KDLoss, dist_terms
 from mmdist.losses.blocks import force_block_policy
-from mmdist.losses.dist import DEFAULT_FLOOR
+from mmdist.losses.dist import DEFAULT_FLOORS
 
 
 # ---------------------------------------------------------------- reference
@@ -104,7 +104,10 @@ def grads(s, t, w=None, **kwargs):
     autograd_dist(s64, t, kwargs.get('activation', 'softmax'), w,
                   kwargs.get('beta', 1.), kwargs.get('gamma', 1.),
                   kwargs.get('tau', 1.),
-                  floor=kwargs.get('floor', DEFAULT_FLOOR)).backward()
+                  floor=kwargs.get(
+                      'floor',
+                      DEFAULT_FLOORS[kwargs.get('activation',
+                                                'softmax')])).backward()
     return s.grad, s64.grad
 
 

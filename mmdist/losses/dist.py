@@ -13,7 +13,8 @@ clamped below at ``eps``: its gradient grows like ``1 / |u_s|`` as a student
 row or column goes to a constant, which is where a student with a
 zero-initialised head (ViT, DeiT) starts, and reaches ~1e6 times
 cross-entropy's there. By default the student's norm has a floor relative to
-the teacher's (``floor``, kappa below)::
+the teacher's (``floor``, kappa below; 0.05 for softmax, 0.001 for
+sigmoid, whose slope already scales the gradient down)::
 
     rho = u_s . u_t / (max(|u_s|, kappa |u_t|, eps) * max(|u_t|, eps))
 
@@ -57,12 +58,24 @@ from mmdist.registry import MODELS
 from .dist_stream import ACTIVATIONS, DISTTerms, sync_world_size
 from .rows import as_rows, check_number, check_pair, weight_as_rows
 
-# The student's centred norms are held at >= DEFAULT_FLOOR times the
-# teacher's: the gradient stays within ~100x cross-entropy's at a constant
-# student for the shipped settings (beta/gamma/tau up to 2/2/4), and the
-# value is the paper's wherever the student's spread is at least 5% of the
-# teacher's (see README, "Stable DIST").
-DEFAULT_FLOOR = 0.05
+# The student's centred norms are held at >= floor times the teacher's
+# (README, "Stable DIST"). softmax: 0.05 keeps the gradient within ~100x
+# cross-entropy's at a constant student for the shipped settings
+# (beta/gamma/tau up to 2/2/4), which needs about 0.02 or more. sigmoid:
+# sigmoid's slope p(1 - p) already scales the gradient w.r.t. the logits
+# down (by ~0.01 at a focal loss's prior p = 0.01), so 0.001 keeps it
+# within ~30x binary cross-entropy's at 1/1/1 and leaves a RetinaNet head
+# its paper gradient, where 0.05 cost the demo's detector 0.1 bbox mAP.
+DEFAULT_FLOORS = {'softmax': 0.05, 'sigmoid': 0.001}
+
+
+def resolve_floor(caller: str, floor: Optional[float],
+                  activation: str) -> float:
+    """``floor``, or the activation's default (:data:`DEFAULT_FLOORS`)
+    when it is None, checked to be a finite number >= 0."""
+    if floor is None:
+        return DEFAULT_FLOORS[activation]
+    return check_number(caller, 'floor', floor)
 
 
 def dist_terms(student: Tensor,
@@ -73,7 +86,7 @@ def dist_terms(student: Tensor,
                num_classes: Optional[int] = None,
                eps: float = 1e-8,
                sync: bool = False,
-               floor: float = DEFAULT_FLOOR) -> Tuple[Tensor, Tensor]:
+               floor: Optional[float] = None) -> Tuple[Tensor, Tensor]:
     """Compute the unscaled inter- and intra-class DIST terms.
 
     Args:
@@ -92,9 +105,10 @@ def dist_terms(student: Tensor,
             the default process group, when one is initialised; the
             gradient is then scaled for DDP's averaging (see the module
             docstring).
-        floor (float): Lower bound of each student centred norm relative
-            to the teacher's matching one (see the module docstring); 0
-            gives the paper's exact form.
+        floor (float, optional): Lower bound of each student centred norm
+            relative to the teacher's matching one (see the module
+            docstring); 0 gives the paper's exact form, None the
+            activation's default (:data:`DEFAULT_FLOORS`).
 
     Returns:
         tuple[Tensor, Tensor]: float32 scalars ``(inter, intra)``, each in
@@ -107,7 +121,7 @@ def dist_terms(student: Tensor,
                          f'got {activation!r}')
     tau = check_number('dist_terms', 'tau', tau, positive=True)
     eps = check_number('dist_terms', 'eps', eps, positive=True)
-    floor = check_number('dist_terms', 'floor', floor)
+    floor = resolve_floor('dist_terms', floor, activation)
     rows_s, anchors = as_rows(student, num_classes)
     rows_t, _ = as_rows(teacher.detach(), num_classes)
     rows_w = None
@@ -139,11 +153,12 @@ class DISTLoss(nn.Module):
             per process as the paper does; costs two small all-reduces per
             call (about ``7 * C`` float64 numbers). Every rank must call the
             loss equally often. Defaults to False.
-        floor (float): Lower bound of each student centred norm (row and
-            column) relative to the teacher's matching one, which bounds
-            the gradient of a nearly constant student (module docstring).
-            0 gives the paper's exact form. Defaults to
-            :data:`DEFAULT_FLOOR` (0.05).
+        floor (float, optional): Lower bound of each student centred norm
+            (row and column) relative to the teacher's matching one, which
+            bounds the gradient of a nearly constant student (module
+            docstring). 0 gives the paper's exact form. Defaults to None:
+            the activation's default, 0.05 for softmax and 0.001 for
+            sigmoid (:data:`DEFAULT_FLOORS`).
     """
 
     def __init__(self,
@@ -155,7 +170,7 @@ class DISTLoss(nn.Module):
                  num_classes: Optional[int] = None,
                  eps: float = 1e-8,
                  sync: bool = False,
-                 floor: float = DEFAULT_FLOOR) -> None:
+                 floor: Optional[float] = None) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f'DISTLoss activation must be one of '
@@ -172,7 +187,7 @@ class DISTLoss(nn.Module):
             raise ValueError(f'DISTLoss sync must be True or False, '
                              f'got {sync!r}')
         self.sync = sync
-        self.floor = check_number('DISTLoss', 'floor', floor)
+        self.floor = resolve_floor('DISTLoss', floor, activation)
         self._class_count_checked = False
 
     def forward(

@@ -24,6 +24,7 @@ Usage:
     python tools/analysis/digits_check.py [--digits-csv PATH/digits.csv.gz]
         [--work-dir work_dirs/digits] [--epochs 30] [--seeds 0 1 2]
         [--zero-head] [--warmup-iters N] [--teacher-precision bf16]
+        [--variants KD DIST]
 
 ``--digits-csv`` defaults to the copy inside the installed scikit-learn
 (``make install`` installs it). The teacher distils in its fast form
@@ -196,6 +197,9 @@ def main() -> None:
     parser.add_argument('--teacher-precision', default='bf16',
                         choices=['float32', 'bf16'],
                         help="the distillers' teacher_precision")
+    parser.add_argument('--variants', nargs='+', default=None,
+                        help="train only these students, named as in the "
+                        "table (e.g. KD DIST); default: all")
     args = parser.parse_args()
     data_root = osp.abspath(osp.join(args.work_dir, 'data'))
     write_digits(args.digits_csv or default_digits_csv(), data_root)
@@ -232,6 +236,8 @@ def main() -> None:
             variants.update(
                 {f'{name}, zero-init head': v for name, v in zero.items()})
         for name, variant in variants.items():
+            if args.variants and name not in args.variants:
+                continue
             slug = name.replace(', ', '_').replace(' ', '_').replace(
                 '(', '').replace(')', '').replace('=', '')
             top1 = train(variant,
