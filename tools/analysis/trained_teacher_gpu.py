@@ -131,6 +131,13 @@ def flat(outputs) -> List[torch.Tensor]:
 
 @torch.no_grad()
 def export(args) -> None:
+    """Trace the teacher's minimal forward, check it against the stock
+    teacher on every batch of the split, and save it with the images.
+
+    Args:
+        args (argparse.Namespace): ``config``, ``name``, ``out_dir``,
+            ``checkpoint`` (None keeps the config's) and ``split``.
+    """
     _, distiller, teacher, head, loader = teacher_and_loader(
         args.config, args.checkpoint, args.split)
     forward = MinimalForward(teacher, head).eval()
@@ -220,6 +227,15 @@ def metric_of(cfg: Config, teacher, head: str, data,
 
 
 def evaluate(args) -> None:
+    """Score every form's head outputs returned by the GPU check with the
+    stock post-processing and evaluator, and compare its distilled rows to
+    fp32's; prints a table, and writes it as JSON with ``args.json``.
+
+    Args:
+        args (argparse.Namespace): ``config``, ``name``, ``outputs_dir``
+            (the ``<name>.<form>.out.pt`` files), ``checkpoint``, ``split``
+            and ``json``.
+    """
     cfg, distiller, teacher, head, loader = teacher_and_loader(
         args.config, args.checkpoint, args.split)
     data = batches(teacher, loader)
