@@ -76,10 +76,12 @@ def test_gradient_bounded_at_a_nearly_constant_student(beta, gamma, tau,
 @pytest.mark.parametrize('beta, gamma, tau', SHIPPED[:2])
 def test_sigmoid_gradient_bounded_at_a_nearly_constant_student(
         beta, gamma, tau, offset):
-    teacher = _teacher()
-    onehot = F.one_hot(teacher.argmax(1), CLASSES).float()
+    # float64: in float32 a spread of 1e-6 around -4.6 would round to a
+    # few discrete levels (the spacing there is 4.8e-7).
+    teacher = _teacher().double()
+    onehot = F.one_hot(teacher.argmax(1), CLASSES).double()
     for name, student in _nearly_constant_students().items():
-        student = student + offset
+        student = student.double() + offset
         bce = _grad_norm(
             lambda s: F.binary_cross_entropy_with_logits(
                 s, onehot, reduction='sum') / ROWS, student)

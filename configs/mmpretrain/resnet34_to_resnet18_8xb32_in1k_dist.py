@@ -16,10 +16,11 @@
 #   decay exemptions: it is not the student-alone baseline of this recipe.
 # Teacher precision: float32. The fast form (teacher_precision='bf16':
 # BatchNorm folded, channels_last, bf16 autocast) teaches the same (trained
-# teachers within 0.3 points on a CPU and on an H200), but on the H200 it
+# teachers within 0.3 points: a classifier on a CPU, a detector and a
+# segmentor on an H200), but on the H200 it
 # ran a ResNet-50 teacher on 32 images of 224x224 (one GPU's batch here) in
-# 0.96-1.05x float32's time: no gain at this batch size (README, 'A fast
-# teacher'). Larger batches per GPU gain (0.58x the time at 128 images):
+# 0.96-1.05x float32's time over three runs: no gain at this batch size
+# (README, 'A fast teacher'). Larger batches per GPU gain (0.58x the time at 128 images):
 # --cfg-options model.teacher_precision=bf16 (fp16 on GPUs).
 _base_ = 'mmpretrain::resnet/resnet18_8xb32_in1k.py'
 custom_imports = dict(imports=['mmdist'], allow_failed_imports=False)

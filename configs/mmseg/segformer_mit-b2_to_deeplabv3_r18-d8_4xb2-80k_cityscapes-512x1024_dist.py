@@ -17,13 +17,14 @@
 # has none).
 # Teacher precision: bf16, the fast form (BatchNorm folded, channels_last,
 # bf16 autocast; float32 outputs and losses). On an H200 the demo's trained
-# teachers scored the same in it as in float32 (bbox mAP 76.2 vs 76.2, mIoU
-# 40.32 vs 40.25: tools/analysis/trained_teacher_gpu.py), and gpu_check.sh
-# measured a ResNet-50 teacher 1.5-1.7x faster at detection and
-# segmentation input sizes (README, 'A fast teacher'). GPUs without bf16
-# (before Ampere) and CPUs without AVX512-BF16/AMX run it in float32 and
-# log one line; --cfg-options model.teacher_precision=float32 gives the
-# stock teacher.
+# RetinaNet and DeepLabV3 teachers scored the same in it as in float32
+# (bbox mAP 76.2 vs 76.2, mIoU 40.32 vs 40.25:
+# tools/analysis/trained_teacher_gpu.py; no trained two-stage or
+# transformer teacher was checked there), and gpu_check.sh measured a
+# ResNet-50 teacher 1.53x faster on 2 images of 1024x1024 (README, 'A fast
+# teacher'). GPUs without bf16 (before Ampere) and CPUs without
+# AVX512-BF16/AMX run it in float32 and log one line; --cfg-options
+# model.teacher_precision=float32 gives the stock teacher.
 _base_ = 'mmseg::deeplabv3/deeplabv3_r18-d8_4xb2-80k_cityscapes-512x1024.py'
 custom_imports = dict(imports=['mmdist'], allow_failed_imports=False)
 

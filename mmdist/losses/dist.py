@@ -64,7 +64,7 @@ from .rows import as_rows, check_number, check_pair, weight_as_rows
 # (beta/gamma/tau up to 2/2/4), which needs about 0.02 or more. sigmoid:
 # sigmoid's slope p(1 - p) already scales the gradient w.r.t. the logits
 # down (by ~0.01 at a focal loss's prior p = 0.01), so 0.001 keeps it
-# within ~30x binary cross-entropy's at 1/1/1 and leaves a RetinaNet head
+# within ~35x binary cross-entropy's at 1/1/1 and leaves a RetinaNet head
 # its paper gradient, where 0.05 cost the demo's detector 0.1 bbox mAP.
 DEFAULT_FLOORS = {'softmax': 0.05, 'sigmoid': 0.001}
 

@@ -235,6 +235,10 @@ def main() -> None:
                 osp.join(teacher_dir, 'config.py'), teacher_ckpt, True)
             variants.update(
                 {f'{name}, zero-init head': v for name, v in zero.items()})
+        unknown = set(args.variants or ()) - set(variants)
+        if unknown:
+            parser.error(f'unknown --variants {sorted(unknown)}; the '
+                         f'students are {sorted(variants)}')
         for name, variant in variants.items():
             if args.variants and name not in args.variants:
                 continue

@@ -393,6 +393,14 @@ def fast_copy(fast_form, model, mode, probe_input, label, **kwargs):
     :func:`fast_form.resolve_precision`: a bf16 request on hardware without
     bf16 falls back to fp32, as the distiller does, and the note says so).
 
+    Args:
+        fast_form (module): ``mmdist/distillers/fast_form.py``.
+        model (nn.Module): The float32 teacher (not changed).
+        mode (str): ``'fast bf16'`` or ``'fast fp16'``.
+        probe_input (Tensor): One input for the folding probe forward.
+        label (str): Names the row in the message of a refused mode.
+        **kwargs: ``make_fast``'s ``keep`` and ``outputs``.
+
     Returns:
         tuple | None: ``(copy, form, note)``, or None where the mode is
         refused (fp16 on a CPU; printed with ``label``).
@@ -493,6 +501,15 @@ def flat_outputs(outputs):
     return [t for item in outputs for t in flat_outputs(item)]
 
 
+def run_form(model, form, batch, mode):
+    """One forward of ``model`` in ``form`` (strict fp32: TF32 off), no
+    gradients."""
+    context = tf32(False) if mode == 'fp32 strict' else (
+        contextlib.nullcontext())
+    with torch.no_grad(), context, form.autocast(batch.device.type):
+        return model(form.prepare(batch))
+
+
 def trained_teachers(directory, device, runs, warmup, out_dir):
     """Trained teachers exported by ``tools/analysis/trained_teacher_gpu.py
     export`` (a ``torch.fx`` module of plain torch layers and the split's
@@ -500,7 +517,20 @@ def trained_teachers(directory, device, runs, warmup, out_dir):
     in the fast forms ``teacher_precision`` builds; the head outputs of
     every form go to ``out_dir/<name>.<form>.out.pt`` for ``trained_teacher_gpu.py
     evaluate`` to score with the stock metrics, and the time of one batch
-    (median of ``runs``) and its ratio to fp32 strict are returned."""
+    (median of ``runs``) and its ratio to fp32 strict are returned.
+
+    Args:
+        directory (str): Folder of the exported ``<name>.pt`` files.
+        device (str): ``'cuda'`` or ``'cpu'``.
+        runs (int): Timed runs of one batch per form.
+        warmup (int): Untimed runs before.
+        out_dir (str): Where the ``<name>.<form>.out.pt`` files go.
+
+    Returns:
+        dict: ``'<name> <form>'`` to its time, time ratio, largest
+        difference of the distilled outputs to fp32 strict, form and batch.
+    """
+    os.makedirs(out_dir, exist_ok=True)
     fast_form = import_fast_form()
     rows = {}
     for path in sorted(glob.glob(os.path.join(directory, '*.pt'))):
@@ -513,25 +543,21 @@ def trained_teachers(directory, device, runs, warmup, out_dir):
         size = saved['batch_size']
         chunks = list(images.split(size))
         forms = {'fp32 strict': (module, fast_form.TeacherForm())}
+        notes = {}
         for mode in ('fast bf16', 'fast fp16'):
             made = fast_copy(fast_form, module, mode, chunks[0][:1],
                              f'{name} {mode}', keep=saved['distilled'],
                              outputs=saved['outputs'])
             if made is not None:
-                forms[mode] = made[:2]
-
-        def run(model, form, batch, mode):
-            context = tf32(False) if mode == 'fp32 strict' else (
-                contextlib.nullcontext())
-            with torch.no_grad(), context, form.autocast(batch.device.type):
-                return model(form.prepare(batch))
+                forms[mode], notes[mode] = made[:2], made[2]
 
         outputs, steps = {}, {}
         for mode, (model, form) in forms.items():
-            per_batch = [flat_outputs(run(model, form, c, mode))
+            per_batch = [flat_outputs(run_form(model, form, c, mode))
                          for c in chunks]
             outputs[mode] = [torch.cat(parts) for parts in zip(*per_batch)]
-            steps[mode] = functools.partial(run, model, form, chunks[0], mode)
+            steps[mode] = functools.partial(run_form, model, form, chunks[0],
+                                            mode)
         times = benchmark_loss.time_steps(steps, device, runs, warmup=warmup)
         # One file per form: a detector's outputs for the split are about
         # 11 MB, and the device returns files of at most 16 MiB.
@@ -545,14 +571,14 @@ def trained_teachers(directory, device, runs, warmup, out_dir):
                              f"{name}.{mode.replace(' ', '_')}.out.pt"))
         reference = outputs['fp32 strict']
         for mode in forms:
-            index = saved['distilled_outputs'][0]
             rows[f'{name} {mode}'] = dict(
                 ms=statistics.median(times[mode]),
                 time_ratio=statistics.median(times[mode]) /
                 statistics.median(times['fp32 strict']),
-                max_abs_diff=float(
-                    (outputs[mode][index] - reference[index]).abs().max()),
-                form=forms[mode][1].describe(),
+                max_abs_diff=max(
+                    float((outputs[mode][i] - reference[i]).abs().max())
+                    for i in saved['distilled_outputs']),
+                form=notes.get(mode, forms[mode][1].describe()),
                 batch=tuple(chunks[0].shape))
             print(f'trained {name} {mode}: {rows[f"{name} {mode}"]}')
     return rows
@@ -700,8 +726,8 @@ def main():
         '--trained',
         metavar='DIR',
         help='also run the trained teachers exported to DIR by '
-        'tools/analysis/trained_teacher_gpu.py (outputs to $OUT or the '
-        '--json folder)')
+        'tools/analysis/trained_teacher_gpu.py (outputs to the --json '
+        'folder, else $OUT, else the working directory)')
     parser.add_argument(
         '--policy',
         choices=['cpu', 'gpu'],

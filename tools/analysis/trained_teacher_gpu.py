@@ -67,6 +67,10 @@ class MinimalForward(nn.Module):
         self.model = model
         self.head = head
         pre = model.data_preprocessor
+        if not getattr(pre, '_enable_normalize', True) or not hasattr(
+                pre, 'mean'):
+            raise ValueError(f'{type(pre).__name__} does not normalise: '
+                             'not supported by the traced forward')
         # MMEngine's ImgDataPreprocessor (MMDet) and MMSeg's name it apart.
         self.flip = bool(
             getattr(pre, '_channel_conversion', False)
@@ -75,6 +79,7 @@ class MinimalForward(nn.Module):
         self.register_buffer('std', pre.std.clone(), persistent=True)
 
     def forward(self, images: torch.Tensor):
+        """uint8 ``(N, 3, H, W)`` images -> the head's raw outputs."""
         x = images.float()
         if self.flip:
             x = x[:, [2, 1, 0]]
@@ -98,6 +103,10 @@ def teacher_and_loader(config: str, checkpoint: str, split: str):
         raise ValueError(f'{config}: the teacher {type(teacher).__name__} is '
                          'neither a single-stage dense detector nor an '
                          'encoder-decoder segmentor')
+    mode = (getattr(teacher, 'test_cfg', None) or {}).get('mode', 'whole')
+    if heads[0] == 'decode_head' and mode != 'whole':
+        raise ValueError(f"{config}: the teacher's test_cfg.mode is {mode!r}; "
+                         "the traced forward runs the whole image ('whole')")
     loader = Runner.build_dataloader(cfg[f'{split}_dataloader'])
     return cfg, distiller, teacher, heads[0], loader
 
@@ -148,8 +157,7 @@ def export(args) -> None:
             dict(inputs=list(images), data_samples=samples), False)
         stock = getattr(teacher, head)(teacher.extract_feat(
             processed['inputs']))
-        mine = traced(images)
-        for a, b in zip(flat(stock), flat(mine)):
+        for a, b in zip(flat(stock), flat(traced(images)), strict=True):
             if not torch.equal(a, b):
                 raise RuntimeError('the traced forward differs from the '
                                    'teacher run through its preprocessor: '
@@ -166,9 +174,11 @@ def export(args) -> None:
                if p.startswith(f'model.{head}.') and p.count('.') == 2
                and isinstance(modules[p], nn.Conv2d)]
     # The distilled outputs among the flat ones: a dense detector's class
-    # scores (its first tuple), a segmentor's logits.
-    first = mine[0] if head == 'bbox_head' else [mine]
-    distilled_outputs = list(range(len(first)))
+    # scores (the first of its (scores, boxes) tuple, one per level), a
+    # segmentor's logits.
+    outputs_of_one = traced(data[0][0][:1])
+    distilled_outputs = list(range(
+        len(outputs_of_one[0]) if head == 'bbox_head' else 1))
     os.makedirs(args.out_dir, exist_ok=True)
     path = osp.join(args.out_dir, f'{args.name}.pt')
     torch.save(
@@ -280,6 +290,7 @@ def evaluate(args) -> None:
 
 
 def main() -> None:
+    """``export`` or ``evaluate``, as the module docstring says."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     sub = parser.add_subparsers(dest='command', required=True)
     for name in ('export', 'evaluate'):
