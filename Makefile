@@ -13,7 +13,7 @@ SEEDS ?= 1
 install:
 	bash tools/install_env.sh
 
-# The whole suite (609 tests, about 22 minutes on 2 cores); sets up the venv
+# The whole suite (609 tests, about 23 minutes on 2 cores); sets up the venv
 # first.
 test: install
 	$(PYTHON) -m pytest tests -v
