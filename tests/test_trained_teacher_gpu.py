@@ -65,10 +65,7 @@ def test_traced_teacher_predicts_what_the_teacher_predicts(task, tmp_path):
 
     def stock_predictions():
         with torch.no_grad():
-            for images, samples in data:
-                inputs = teacher.data_preprocessor(
-                    dict(inputs=list(images), data_samples=samples),
-                    False)['inputs']
+            for _, inputs, samples in data:
                 yield teacher.predict(inputs, [s.clone() for s in samples])
 
     # The stock evaluator on the teacher's own predictions: what evaluate
@@ -77,7 +74,7 @@ def test_traced_teacher_predicts_what_the_teacher_predicts(task, tmp_path):
     evaluator.dataset_meta = loader.dataset.metainfo
     for predicted in stock_predictions():
         evaluator.process(data_samples=predicted, data_batch=None)
-    stock_metrics = evaluator.evaluate(sum(len(i) for i, _ in data))
+    stock_metrics = evaluator.evaluate(sum(len(i) for i, _, _ in data))
 
     # Prediction by prediction; a random detector scores below the config's
     # threshold, so keep every box to have some to compare.
@@ -87,7 +84,7 @@ def test_traced_teacher_predicts_what_the_teacher_predicts(task, tmp_path):
                                             saved['outputs'])
             for s in batch]
     stock = [s for batch in stock_predictions() for s in batch]
-    assert len(ours) == len(stock) == sum(len(i) for i, _ in data)
+    assert len(ours) == len(stock) == sum(len(i) for i, _, _ in data)
     for a, b in zip(ours, stock):
         if task == 'det':
             for key in ('bboxes', 'scores', 'labels'):

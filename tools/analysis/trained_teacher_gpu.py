@@ -111,9 +111,11 @@ def teacher_and_loader(config: str, checkpoint: str, split: str):
     return cfg, distiller, teacher, heads[0], loader
 
 
-def batches(teacher: nn.Module, loader) -> List[Tuple[torch.Tensor, list]]:
-    """Per batch: the uint8 images stacked and the preprocessed sample list
-    (img metas and ground truth), in the loader's order."""
+def batches(teacher: nn.Module,
+            loader) -> List[Tuple[torch.Tensor, torch.Tensor, list]]:
+    """Per batch, in the loader's order: the uint8 images stacked, the same
+    images through the teacher's data preprocessor, and the preprocessed
+    sample list (img metas and ground truth)."""
     found = []
     for data in loader:
         images = data['inputs']
@@ -127,7 +129,8 @@ def batches(teacher: nn.Module, loader) -> List[Tuple[torch.Tensor, list]]:
                              f'({tuple(images[0].shape)} -> '
                              f"{tuple(processed['inputs'].shape)}): not "
                              'supported by the traced forward')
-        found.append((torch.stack(images), processed['data_samples']))
+        found.append((torch.stack(images), processed['inputs'],
+                      processed['data_samples']))
     return found
 
 
@@ -152,11 +155,8 @@ def export(args) -> None:
     forward = MinimalForward(teacher, head).eval()
     traced = torch.fx.symbolic_trace(forward)
     data = batches(teacher, loader)
-    for images, samples in data:
-        processed = teacher.data_preprocessor(
-            dict(inputs=list(images), data_samples=samples), False)
-        stock = getattr(teacher, head)(teacher.extract_feat(
-            processed['inputs']))
+    for images, inputs, _ in data:
+        stock = getattr(teacher, head)(teacher.extract_feat(inputs))
         for a, b in zip(flat(stock), flat(traced(images)), strict=True):
             if not torch.equal(a, b):
                 raise RuntimeError('the traced forward differs from the '
@@ -182,12 +182,12 @@ def export(args) -> None:
     os.makedirs(args.out_dir, exist_ok=True)
     path = osp.join(args.out_dir, f'{args.name}.pt')
     torch.save(
-        dict(module=traced, images=torch.cat([i for i, _ in data]),
+        dict(module=traced, images=torch.cat([i for i, _, _ in data]),
              batch_size=len(data[0][0]), distilled=distilled,
              distilled_outputs=distilled_outputs,
              outputs=outputs, head=head, config=args.config), path)
     print(f'{path}: {len(data)} batches, '
-          f'{sum(len(i) for i, _ in data)} images, distilled {distilled}, '
+          f'{sum(len(i) for i, _, _ in data)} images, distilled {distilled}, '
           f'{osp.getsize(path) / 2**20:.1f} MiB')
 
 
@@ -204,13 +204,11 @@ def predictions(teacher, head: str, data, outputs: List[torch.Tensor]):
     stock head post-processing makes of head outputs ``outputs`` (flat,
     every image of the split along dim 0), as the teacher's ``predict``
     would return them."""
-    images, samples = data[0]
-    like = getattr(teacher, head)(teacher.extract_feat(
-        teacher.data_preprocessor(
-            dict(inputs=list(images[:1]), data_samples=samples[:1]),
-            False)['inputs']))
+    # The nesting of the head's outputs (per-level lists in tuples for a
+    # dense detector), from one image.
+    like = getattr(teacher, head)(teacher.extract_feat(data[0][1][:1]))
     start = 0
-    for images, samples in data:
+    for images, _, samples in data:
         stop = start + len(images)
         batch = unflatten(like, [t[start:stop] for t in outputs])
         metas = [s.metainfo for s in samples]
@@ -233,7 +231,7 @@ def metric_of(cfg: Config, teacher, head: str, data,
     evaluator.dataset_meta = dataset_meta
     for predicted in predictions(teacher, head, data, outputs):
         evaluator.process(data_samples=predicted, data_batch=None)
-    return evaluator.evaluate(sum(len(images) for images, _ in data))
+    return evaluator.evaluate(sum(len(images) for images, _, _ in data))
 
 
 def evaluate(args) -> None:
