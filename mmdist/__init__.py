@@ -3,7 +3,8 @@
 Importing the package registers the losses, the distiller and the CPU-capable
 DDP wrapper, lets MMEngine resolve ``mmdist::`` config paths, and makes
 checkpoints written by MMEngine loadable on torch >= 2.6 with
-``weights_only=True`` (see :mod:`mmdist.utils.checkpoint`).
+``weights_only=True`` (the rule is stated in
+:func:`~mmdist.utils.checkpoint.install_safe_checkpoint_loading`).
 """
 from .version import __version__
 from .utils.checkpoint import install_safe_checkpoint_loading

@@ -256,7 +256,8 @@ def _export_tool():
 
     from helpers import REPO
     spec = importlib.util.spec_from_file_location(
-        'export_student', REPO / 'tools' / 'export_student.py')
+        'export_student',
+        REPO / 'tools' / 'model_converters' / 'export_student.py')
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -315,7 +316,7 @@ def test_export_tool_exits_with_the_reason(tmp_path):
     ckpt = tmp_path / 'iter_2.pth'
     before = _distillation_checkpoint(ckpt)
     with pytest.raises(AssertionError, match='is the input checkpoint'):
-        run_tool('export_student.py', ckpt, ckpt, timeout=120)
+        run_tool('model_converters/export_student.py', ckpt, ckpt, timeout=120)
     assert ckpt.read_bytes() == before
 
 

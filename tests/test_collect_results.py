@@ -1,4 +1,4 @@
-"""tools/analysis/collect_results.py on real runs: the table, the recipe
+"""tools/analysis_tools/collect_results.py on real runs: the table, the recipe
 check, unfinished runs, and Results written into metafiles."""
 import json
 import re
@@ -90,7 +90,7 @@ def copy_run(work, dest, name, edit=None):
 @pytest.mark.heavy
 def test_table_reports_the_last_validation_of_a_run(tiny_run):
     config, work = tiny_run
-    out = run_tool('analysis/collect_results.py', work.parent).stdout
+    out = run_tool('analysis_tools/collect_results.py', work.parent).stdout
     row = table_rows(out)['tiny_resnet_dist.py']
     expected = last_validation(work)['accuracy/top1']
     assert row['reproduced'] == f'{expected:.2f}'
@@ -122,8 +122,8 @@ def test_update_metafiles_writes_only_runs_with_the_recipe(tiny_run,
     copy_run(work, runs / 'longer', 'tiny_longer',
              edit=lambda t: t.replace('max_epochs=1,', 'max_epochs=2,'))
 
-    out = run_tool('analysis/collect_results.py', runs, '--index', index,
-                   '--update-metafiles').stdout
+    out = run_tool('analysis_tools/collect_results.py', runs, '--index',
+                   index, '--update-metafiles').stdout
     value = last_validation(work)['accuracy/top1']
     rows = table_rows(out)
     assert rows['tiny_resnet_dist.py']['reproduced'] == f'{value:.2f}'
@@ -148,7 +148,7 @@ def test_update_metafiles_writes_only_runs_with_the_recipe(tiny_run,
     # The index still loads as mim loads it, and lists the written result.
     from modelindex.load_model_index import load
     assert load(str(index)).check(silent=True) == []
-    listed = run_tool('analysis/collect_results.py', '--index', index,
+    listed = run_tool('analysis_tools/collect_results.py', '--index', index,
                       '--all').stdout
     assert table_rows(listed)['tiny_resnet_dist.py']['reproduced'] == \
         f'{round(value, 2)} (from the metafile)'
@@ -157,7 +157,7 @@ def test_update_metafiles_writes_only_runs_with_the_recipe(tiny_run,
 def test_all_lists_every_indexed_config_as_not_run():
     """Without runs, `--all` gives the README table: every config of the
     installed index, the paper's number for its method, "not run yet"."""
-    out = run_tool('analysis/collect_results.py', '--all').stdout
+    out = run_tool('analysis_tools/collect_results.py', '--all').stdout
     rows = table_rows(out)
     with open(f'{PACKAGE_DIR}/.mim/model-index.yml') as f:
         imports = yaml.safe_load(f)['Import']
@@ -182,7 +182,7 @@ def test_all_lists_every_indexed_config_as_not_run():
 def test_readme_results_table_is_the_tools_output():
     """The README's results table is what the tool prints for the index."""
     from helpers import REPO
-    out = run_tool('analysis/collect_results.py', '--all').stdout
+    out = run_tool('analysis_tools/collect_results.py', '--all').stdout
     table = '\n'.join(line for line in out.splitlines()
                       if line.startswith('| '))
     assert table in (REPO / 'README.md').read_text()
@@ -305,8 +305,8 @@ def test_runs_are_compared_whole_and_bad_work_dirs_are_skipped(tmp_path):
              [{'accuracy/top1': 1.0, 'step': 240}], world=1)
 
     index = configs / 'model-index.yml'
-    proc = run_tool('analysis/collect_results.py', runs, '--index', index,
-                    '--update-metafiles')
+    proc = run_tool('analysis_tools/collect_results.py', runs, '--index',
+                    index, '--update-metafiles')
     rows = table_lines(proc.stdout)
     by_dir = {row['work dir'].split('/')[-1]: row for row in rows}
     assert sorted(by_dir) == ['a', 'b', 'c', 'plain']
@@ -342,7 +342,8 @@ def test_every_ignored_key_is_named_with_a_reason():
     """The keys left out of the comparison are listed with why."""
     import importlib.util
     spec = importlib.util.spec_from_file_location(
-        'collect_results', REPO / 'tools' / 'analysis' / 'collect_results.py')
+        'collect_results',
+        REPO / 'tools' / 'analysis_tools' / 'collect_results.py')
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     assert all(key and reason for key, reason in tool.IGNORED)

@@ -14,8 +14,8 @@ from mmdist.testing import make_cityscapes, make_coco_detection
 
 def _demo_tool():
     import importlib.util
-    spec = importlib.util.spec_from_file_location('demo',
-                                                  REPO / 'tools' / 'demo.py')
+    spec = importlib.util.spec_from_file_location(
+        'demo', REPO / 'tools' / 'misc' / 'demo.py')
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -150,8 +150,8 @@ def test_cityscapes_generator_gives_valid_label_maps(tmp_path):
 @pytest.mark.heavy
 def test_demo_pipeline_tiny(tmp_path):
     work = tmp_path / 'demo'
-    out = run_tool('demo.py', '--iters', 2, '--teacher-iters', 4, '--images',
-                   8, '--seeds', 2, '--work-dir', work)
+    out = run_tool('misc/demo.py', '--iters', 2, '--teacher-iters', 4,
+                   '--images', 8, '--seeds', 2, '--work-dir', work)
     assert 'student + DIST' in out.stdout
     report = json.load(open(work / 'report.json'))
     for task in ('det', 'seg'):
@@ -185,8 +185,8 @@ def test_demo_pipeline_tiny(tmp_path):
 
     # A rerun of one task with the same data and schedule reuses its
     # teacher; the report holds that run only.
-    out = run_tool('demo.py', '--task', 'seg', '--iters', 2, '--teacher-iters',
-                   4, '--images', 8, '--work-dir', work)
+    out = run_tool('misc/demo.py', '--task', 'seg', '--iters', 2,
+                   '--teacher-iters', 4, '--images', 8, '--work-dir', work)
     assert '[seg] reusing the trained teacher' in out.stdout
     assert set(json.load(open(work / 'report.json'))) == {'seg',
                                                           'wall_seconds'}

@@ -106,7 +106,12 @@ def test_dense_per_anchor_layout_builds_and_differs():
 # -------------------------------------------------------------- bad input
 def test_wrong_module_path_lists_close_paths():
     cfg = load_offline(RETINA)
-    cfg.model.distill_terms[0].student_module = 'bbox_head.retina_clss'
+    cfg.model.distill_terms = [
+        dict(
+            student_module='bbox_head.retina_clss',
+            teacher_module='bbox_head.retina_cls',
+            loss=dict(type='mmdist.DISTLoss', activation='sigmoid'))
+    ]
     with pytest.raises(KeyError, match='bbox_head.retina_cls'):
         build(cfg)
 

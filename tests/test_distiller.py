@@ -172,11 +172,11 @@ def test_predict_with_teacher_runs_the_renormalised_teacher():
         assert torch.equal(a.pred_score, b.pred_score)
 
 
-def test_readme_project_recipe_resolves_from_any_directory(
+def test_project_recipe_resolves_from_any_directory(
         monkeypatch, tmp_path):
-    """README's "Your own MMDet project": teacher='./my_retinanet_x101.py'
-    next to the config, the tools run from elsewhere; the saved config copy
-    must resolve too."""
+    """The own-project recipe (docs/en/user_guides/detection.md):
+    teacher='./my_retinanet_x101.py' next to the config, the tools run from
+    elsewhere; the saved config copy must resolve too."""
     from mmengine.config import Config
 
     from mmdist.testing import strip_pretrained

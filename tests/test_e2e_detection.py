@@ -104,7 +104,7 @@ def test_train_test_resume_export(tmp_path):
     assert not any(k.startswith('teacher') for k in state)
 
     exported = tmp_path / 'student.pth'
-    run_tool('export_student.py', ckpt, exported)
+    run_tool('model_converters/export_student.py', ckpt, exported)
     cfg = Config.fromfile(str(config))
     init_default_scope('mmdet')
     student = MODELS.build(cfg.model.student)

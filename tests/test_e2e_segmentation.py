@@ -81,7 +81,7 @@ def test_train_test_export(tmp_path):
     assert 'mIoU' in tested.stdout + tested.stderr
 
     exported = tmp_path / 'student.pth'
-    run_tool('export_student.py', ckpt, exported)
+    run_tool('model_converters/export_student.py', ckpt, exported)
     init_default_scope('mmseg')
     student = MODELS.build(Config.fromfile(str(config)).model.student)
     load_checkpoint(student, str(exported), map_location='cpu', strict=True)

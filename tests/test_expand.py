@@ -147,7 +147,7 @@ def test_a_cascade_stage_called_twice_is_taken_once():
 
 
 def test_print_terms_prints_pasteable_terms():
-    out = run_tool('analysis/print_terms.py', RTMDET).stdout
+    out = run_tool('misc/print_terms.py', RTMDET).stdout
     assert "dict(student_module='bbox_head.rtm_cls.2'" in out
     assert 'num_classes=80' in out and "activation='sigmoid'" in out
     namespace = {}

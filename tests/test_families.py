@@ -2,10 +2,10 @@
 both student and teacher (random weights, nothing downloaded), distilled
 with the short form on every class head.
 
-Per family: the distiller builds with the terms docs/supported_models.md
-lists; one training step gives a finite distillation loss per term and a
-non-zero gradient (from the distillation losses alone) on every distilled
-student module; predict runs. Query-based families fail at build time with
+Per family: the distiller builds with the terms
+docs/en/user_guides/supported_models.md lists; one training step gives a
+finite distillation loss per term and a non-zero gradient (from the
+distillation losses alone) on every distilled student module; predict runs. Query-based families fail at build time with
 the refusal sentence; a family whose zoo model fails on its own here is
 checked to still fail that way (so a fix upstream shows up).
 """
@@ -218,11 +218,12 @@ def _step_and_predict(distiller, terms, batch) -> None:
 
 
 def test_supported_models_page_is_current():
-    """docs/supported_models.md is what the table renders (regenerate with
-    python tools/analysis/supported_models.py)."""
-    page = (REPO / 'docs' / 'supported_models.md').read_text()
-    assert page == render(), ('docs/supported_models.md is out of date: run '
-                              'python tools/analysis/supported_models.py')
+    """docs/en/user_guides/supported_models.md is what the table renders
+    (regenerate with python .dev_scripts/supported_models.py)."""
+    page = (REPO / 'docs' / 'en' / 'user_guides' /
+            'supported_models.md').read_text()
+    assert page == render(), ('supported_models.md is out of date: run '
+                              'python .dev_scripts/supported_models.py')
 
 
 def test_random_teacher_is_initialised_without_downloads():

@@ -180,6 +180,7 @@ def test_fp16_on_a_cpu_is_refused_with_the_reason():
 
 
 def test_bf16_falls_back_without_the_instructions(monkeypatch):
+    monkeypatch.delenv(fast_form.BF16_ENV, raising=False)
     monkeypatch.setattr(
         torch.cpu, 'get_capabilities',
         lambda: dict(cpu_name='Old CPU', avx512_bf16=False, amx_bf16=False))
@@ -193,6 +194,32 @@ def test_bf16_falls_back_without_the_instructions(monkeypatch):
     assert resolve_precision('bf16', 'cpu') == (torch.bfloat16, None)
 
 
+@pytest.mark.parametrize('value,expected', [('0', False), ('off', False),
+                                            ('1', True), ('on', True)])
+def test_the_environment_variable_overrides_the_hardware(
+        monkeypatch, value, expected):
+    """MMDIST_BF16 decides for every device, whatever the CPU reports."""
+    monkeypatch.setenv(fast_form.BF16_ENV, value)
+    for caps in (dict(avx512_bf16=True), dict(avx512_bf16=False)):
+        monkeypatch.setattr(torch.cpu, 'get_capabilities',
+                            lambda caps=caps: dict(cpu_name='CPU', **caps))
+        supported, why = fast_form.bf16_support('cpu')
+        assert supported is expected and why.startswith('MMDIST_BF16=')
+    dtype, line = resolve_precision('bf16', 'cpu')
+    assert dtype == (torch.bfloat16 if expected else None)
+    assert (line is None) == expected
+
+
+def test_the_environment_variable_refuses_other_values(monkeypatch):
+    monkeypatch.setenv(fast_form.BF16_ENV, 'maybe')
+    with pytest.raises(ValueError, match="MMDIST_BF16='maybe'"):
+        fast_form.bf16_support('cpu')
+    monkeypatch.setenv(fast_form.BF16_ENV, 'auto')
+    monkeypatch.setattr(torch.cpu, 'get_capabilities',
+                        lambda: dict(cpu_name='CPU', avx512_bf16=True))
+    assert fast_form.bf16_support('cpu')[0]
+
+
 def test_gpu_check_uses_this_module_without_openmmlab():
     """gpu_check.py loads fast_form.py by path: only torch imports."""
     import ast
@@ -204,11 +231,25 @@ def test_gpu_check_uses_this_module_without_openmmlab():
         elif isinstance(node, ast.ImportFrom):
             assert node.level == 0, 'no relative imports'
             imported.add(node.module.split('.')[0])
-    assert imported <= {'contextlib', 'math', 'collections', 'typing',
+    assert imported <= {'contextlib', 'math', 'os', 'collections', 'typing',
                         'torch'}, imported
 
 
 # --------------------------------------------------- in the distiller
+@pytest.fixture
+def bf16_present(monkeypatch):
+    """The bf16 capability forced on, whatever the host: autocast runs
+    emulated on a CPU without a bf16 unit (same numerics, slower), so the
+    fast form's numerics are tested on every CPU."""
+    monkeypatch.setenv(fast_form.BF16_ENV, '1')
+
+
+@pytest.fixture
+def bf16_absent(monkeypatch):
+    """The bf16 capability forced off, whatever the host."""
+    monkeypatch.setenv(fast_form.BF16_ENV, '0')
+
+
 @pytest.fixture
 def logged():
     from mmengine.logging import MMLogger
@@ -296,7 +337,7 @@ PAIRS = {
 
 
 @pytest.mark.parametrize('name', list(PAIRS))
-def test_fast_teacher_against_the_stock_teacher(name):
+def test_fast_teacher_against_the_stock_teacher(name, bf16_present):
     path, batch, two_stage, extra = PAIRS[name]
     stock = build_pair(path, 'float32', **extra)
     fast = build_pair(path, 'bf16', **extra)
@@ -332,7 +373,7 @@ def test_folded_teacher_is_the_stock_teacher_in_float32():
         assert relative(out, ref) < 1e-4
 
 
-def test_the_step_and_its_losses_stay_float32():
+def test_the_step_and_its_losses_stay_float32(bf16_present):
     model = build_pair('demo/seg_student_dist.py', 'bf16')
     inside = []
     model.teacher.backbone.layer4.register_forward_hook(
@@ -348,7 +389,7 @@ def test_the_step_and_its_losses_stay_float32():
     assert copy.deepcopy(model).teacher_form.is_fast
 
 
-def test_predict_with_the_teacher_uses_its_form():
+def test_predict_with_the_teacher_uses_its_form(bf16_present):
     """tools/test.py --teacher: predictions of the fast teacher."""
     stock = build_pair('demo/seg_student_dist.py', 'float32',
                        predict_with='teacher')
@@ -377,7 +418,17 @@ def test_fallback_to_float32_is_one_log_line(monkeypatch, logged):
                      'teacher runs in float32']
 
 
-def test_fp16_refused_and_teacher_autocast_deprecated(logged):
+def test_bf16_absent_keeps_the_stock_teacher(bf16_absent, logged):
+    """MMDIST_BF16=0: a bf16 config builds the float32 teacher, one line."""
+    model = build_pair('demo/det_student_dist.py', 'bf16')
+    assert not model.teacher_form.is_fast
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.teacher.modules())
+    assert [line for line in logged if 'teacher_precision' in line] == [
+        "teacher_precision='bf16': MMDIST_BF16=0 reports bf16 absent, so "
+        'the teacher runs in float32']
+
+
+def test_fp16_refused_and_teacher_autocast_deprecated(logged, bf16_present):
     with pytest.raises(ValueError, match='refused on a CPU'):
         build_pair('demo/det_student_dist.py', 'fp16')
     model = build_pair('demo/det_student_dist.py', 'float32',

@@ -12,7 +12,6 @@ For every shipped config, on the same images and weights:
 The big pairs (Cascade X101, ResNet-152, SegFormer) are marked heavy.
 """
 import copy
-import re
 import uuid
 
 import pytest
@@ -43,7 +42,7 @@ def student_config_path(rel_path: str) -> str:
     """The ``_base_`` a shipped distillation config inherits (the student's
     own config), resolved like MMEngine does."""
     path = CONFIGS / rel_path
-    base = re.search(r"^_base_ = '([^']+)'", path.read_text(), re.M).group(1)
+    base = Config._get_base_files(str(path))[0]
     if '::' in base:
         return Config._get_cfg_path(base, '')[0]
     return str((path.parent / base).resolve())

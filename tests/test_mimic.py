@@ -99,7 +99,6 @@ def test_one_teacher_pass_for_roi_and_neck_terms():
     teacher.backbone.depth = 18
     teacher.neck.in_channels = [64, 128, 256, 512]
     cfg.model.teacher = teacher
-    cfg.model.distill_terms[0].teacher_module = 'roi_head.bbox_head.fc_cls'
     model = build(cfg)
     calls = []
     model.teacher.backbone.register_forward_hook(
@@ -194,7 +193,8 @@ def test_mimic_train_resume_export(tmp_path):
                            state['terms.1.connector.convs.0.weight'])
 
     exported = tmp_path / 'student.pth'
-    run_tool('export_student.py', work / 'epoch_2.pth', exported)
+    run_tool('model_converters/export_student.py', work / 'epoch_2.pth',
+             exported)
     from mmengine.registry import MODELS, init_default_scope
     init_default_scope('mmdet')
     student = MODELS.build(Config.fromfile(str(config)).model.student)

@@ -21,8 +21,7 @@ MIM_ROOT = osp.join(PACKAGE_DIR, '.mim')
 INDEX = osp.join(MIM_ROOT, 'model-index.yml')
 TASKS = ('mmdet', 'mmseg', 'mmpretrain')
 METRIC = {'mmdet': 'box AP', 'mmseg': 'mIoU', 'mmpretrain': 'Top 1 Accuracy'}
-ZOO_PACKAGE = {'mmdet': 'mmdet', 'mmseg': 'mmseg',
-               'mmpretrain': 'mmpretrain'}
+ZOO_PACKAGE = {'mmdet': 'mmdet', 'mmseg': 'mmseg', 'mmpretrain': 'mmpretrain'}
 
 
 def load_entries():
@@ -63,7 +62,9 @@ def student_base(path: str) -> str:
     `_base_` of the config (of its chain) that sets
     `student={{_base_.model}}`."""
     text = (REPO / path).read_text()
-    base = re.search(r"^_base_ = '([^']+)'", text, re.M).group(1)
+    # The first base is the student's config (the second, if any, the
+    # shared distillation runtime).
+    base = Config._get_base_files(str(REPO / path))[0]
     folder = osp.dirname(path)
     if 'student={{_base_.model}}' not in text:
         return student_base(osp.join(folder, base[2:]))
@@ -74,15 +75,16 @@ def student_base(path: str) -> str:
 
 def zoo_entry(config: str) -> dict:
     scope, rel = config.split('::')
-    root = osp.join(get_installed_path(
-        {'mmseg': 'mmsegmentation'}.get(scope, scope)), '.mim')
+    root = osp.join(
+        get_installed_path({'mmseg': 'mmsegmentation'}.get(scope, scope)),
+        '.mim')
     with open(osp.join(root, 'model-index.yml')) as f:
         imports = yaml.safe_load(f)['Import']
     for meta in imports:
         with open(osp.join(root, meta)) as f:
             data = yaml.safe_load(f)
-        for model in (data.get('Models') if isinstance(data, dict) else
-                      None) or []:
+        for model in (data.get('Models')
+                      if isinstance(data, dict) else None) or []:
             if model.get('Config') == f'configs/{rel}':
                 return model
     raise KeyError(config)
@@ -133,9 +135,12 @@ def test_recipe_fields_match_the_config(path):
         assert cfg.train_cfg.max_iters == meta['Iterations']
     method = meta.get('Distillation')
     if method is not None:
-        suffix = {'DIST': '_dist.py', 'KD': '_kd.py',
-                  'DIST + mimic': '_dist_mimic.py',
-                  'DIST (sync)': '_dist_sync.py'}[method]
+        suffix = {
+            'DIST': '_dist.py',
+            'KD': '_kd.py',
+            'DIST + mimic': '_dist_mimic.py',
+            'DIST (sync)': '_dist_sync.py'
+        }[method]
         assert path.endswith(suffix)
 
 
@@ -145,31 +150,51 @@ NOT_IN_PAPER = ('atss_', 'segformer_', 'mobilenet-v2', 'cifar100',
                 '_dist_sync')
 
 
+def readme_row(path: str) -> dict:
+    """The results-table row of a config in its folder's README."""
+    folder, name = osp.split(path)
+    for line in (REPO / folder / 'README.md').read_text().splitlines():
+        if line.startswith(f'| [{name}]('):
+            cells = [c.strip() for c in line.strip('|').split('|')]
+            return dict(
+                zip(('config', 'teacher', 'student', 'paper', 'ours'), cells))
+    raise KeyError(f'{path} has no row in {folder}/README.md')
+
+
 @pytest.mark.parametrize('path', SHIPPED)
 def test_paper_numbers_are_kept_apart_from_results(path):
     """The paper's numbers live in `Paper Results`, never in `Results`
     (which only collect_results writes from real runs); pairs the paper has
-    no row for say "not reported"; the numbers agree with the header of
-    the config."""
+    no row for say "not reported"; the folder README's row shows the same
+    paper number, the zoo numbers of teacher and student, and no result of
+    ours that was not measured."""
     model = ENTRIES[path]
     paper = model['Paper Results']
+    row = readme_row(path)
+    digits = 1 if path.startswith('configs/mmdet') else 2
+    meta = model['Metadata']
+    for side in ('Teacher', 'Student'):
+        metrics = (meta.get(side) or {}).get('Metrics')
+        if isinstance(metrics, dict):
+            (value, ) = metrics.values()
+            assert f'({value:.{digits}f})' in row[side.lower()], (path, side)
+    if not model.get('Results'):
+        assert row['ours'] in ('-', 'not yet trained'), row
     for result in model.get('Results') or []:
         assert set(result['Metrics']) == {METRIC[path.split('/')[1]]}
     if any(key in path for key in NOT_IN_PAPER):
         assert paper == 'not reported'
-        assert re.search(r'not reported|Paper row: none',
-                         (REPO / path).read_text())
+        assert row['paper'] == 'not reported'
         return
     assert paper['Metric'] == METRIC[path.split('/')[1]]
     method = model['Metadata']['Distillation']
     value = paper[method]
-    text = (REPO / path).read_text()
     if isinstance(value, str):
         assert value == 'see the paper' and method == 'KD'
+        assert row['paper'] == 'see the paper'
         return
-    digits = 1 if path.startswith('configs/mmdet') else 2
-    assert f'{value:.{digits}f}' in text
-    assert f'{paper["Student"]:.{digits}f}' in text or method == 'KD'
+    assert row['paper'] == (f'{value:.{digits}f} '
+                            f'({paper["Student"]:.{digits}f})'), row
     for result in model.get('Results') or []:
         assert result['Metrics'] != {paper['Metric']: value}
 
@@ -201,12 +226,16 @@ def test_mmengine_reads_the_index_when_resolving_mmdist_paths(tmp_path):
         user = tmp_path / f'user_{i}.py'
         user.write_text(f"_base_ = '{base}'\n")
         paths.append(str(user))
-    out = subprocess.run([sys.executable, '-c', code] + paths,
-                         cwd=str(tmp_path), capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, '-c', code] + paths,
+        cwd=str(tmp_path),
+        capture_output=True,
+        text=True)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.split() == ['mmdist.Distiller', '2',
-                                  'mmdist.Distiller', '2',
-                                  'mmdist.Distiller', '64']
+    assert out.stdout.split() == [
+        'mmdist.Distiller', '2', 'mmdist.Distiller', '2', 'mmdist.Distiller',
+        '64'
+    ]
 
 
 def install_copy(tmp_path):
@@ -221,10 +250,16 @@ def install_copy(tmp_path):
     for name in ('mmdist', 'configs', 'tools'):
         shutil.copytree(REPO / name, src / name, ignore=ignore)
     site = tmp_path / 'site'
-    subprocess.run(
-        [sys.executable, '-m', 'pip', 'install', '-q', '--no-deps',
-         '--no-build-isolation', '--target', str(site), str(src)],
-        check=True, capture_output=True, text=True, timeout=600)
+    subprocess.run([
+        sys.executable, '-m', 'pip', 'install', '-q', '--no-deps',
+        '--no-build-isolation', '--target',
+        str(site),
+        str(src)
+    ],
+                   check=True,
+                   capture_output=True,
+                   text=True,
+                   timeout=600)
     return site
 
 
@@ -236,9 +271,10 @@ def test_mim_search_train_test_on_a_regular_install(tmp_path):
     from test_e2e_classification import tiny_classification_config
     site = install_copy(tmp_path)
     mim_dir = site / 'mmdist' / '.mim'
-    for rel in ['model-index.yml', 'tools/train.py', 'tools/test.py',
-                'tools/analysis/collect_results.py'] + SHIPPED + [
-                    f'configs/{t}/metafile.yml' for t in TASKS]:
+    for rel in [
+            'model-index.yml', 'tools/train.py', 'tools/test.py',
+            'tools/analysis_tools/collect_results.py'
+    ] + SHIPPED + [f'configs/{t}/metafile.yml' for t in TASKS]:
         assert (mim_dir / rel).is_file(), rel
     env = dict(os.environ, PYTHONPATH=str(site), PYTHONUNBUFFERED='1')
     work = tmp_path / 'run'
@@ -246,18 +282,27 @@ def test_mim_search_train_test_on_a_regular_install(tmp_path):
 
     def run(*args, timeout=900):
         proc = subprocess.run([sys.executable, '-m', 'mim', *map(str, args)],
-                              cwd=str(work), env=env, capture_output=True,
-                              text=True, timeout=timeout)
+                              cwd=str(work),
+                              env=env,
+                              capture_output=True,
+                              text=True,
+                              timeout=timeout)
         assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
         return proc.stdout + proc.stderr
 
     # The installed copy is the one imported and the one mim resolves.
-    where = subprocess.run(
-        [sys.executable, '-c', 'import mmdist, mim.utils as u; '
-         'print(mmdist.__file__); print(u.get_installed_path("mmdist"))'],
-        cwd=str(work), env=env, capture_output=True, text=True)
-    assert where.stdout.split() == [str(site / 'mmdist' / '__init__.py'),
-                                    str(site / 'mmdist')]
+    where = subprocess.run([
+        sys.executable, '-c', 'import mmdist, mim.utils as u; '
+        'print(mmdist.__file__); print(u.get_installed_path("mmdist"))'
+    ],
+                           cwd=str(work),
+                           env=env,
+                           capture_output=True,
+                           text=True)
+    assert where.stdout.split() == [
+        str(site / 'mmdist' / '__init__.py'),
+        str(site / 'mmdist')
+    ]
 
     listed = run('search', 'mmdist', '--field', 'config')
     for path in SHIPPED:
@@ -266,22 +311,31 @@ def test_mim_search_train_test_on_a_regular_install(tmp_path):
     # mim finds each shipped config by its name alone (what `mim train
     # mmdist NAME.py` does when NAME.py is not a path).
     check = subprocess.run(
-        [sys.executable, '-c',
-         'import sys; from mim.utils import recursively_find\n'
-         'for name in sys.argv[2:]:\n'
-         '    hits = recursively_find(sys.argv[1], name, followlinks=True)\n'
-         '    print(len(hits))',
-         str(site / 'mmdist')] + [osp.basename(p) for p in SHIPPED],
-        env=env, capture_output=True, text=True)
+        [
+            sys.executable, '-c',
+            'import sys; from mim.utils import recursively_find\n'
+            'for name in sys.argv[2:]:\n'
+            '    hits = recursively_find(sys.argv[1], name,'
+            ' followlinks=True)\n'
+            '    print(len(hits))',
+            str(site / 'mmdist')
+        ] + [osp.basename(p) for p in SHIPPED],
+        env=env,
+        capture_output=True,
+        text=True)
     assert check.stdout.split() == ['1'] * len(SHIPPED), check.stderr[-2000:]
 
     # MMEngine's hub resolves through the installed index too.
-    hub = subprocess.run(
-        [sys.executable, '-c',
-         'from mmengine.hub import get_config; import mmdist\n'
-         'cfg = get_config("mmdist::mmpretrain/resnet50_to_resnet18_1xb64_'
-         'cifar100_dist.py"); print(cfg.filename)'],
-        cwd=str(work), env=env, capture_output=True, text=True)
+    hub = subprocess.run([
+        sys.executable, '-c',
+        'from mmengine.hub import get_config; import mmdist\n'
+        'cfg = get_config("mmdist::mmpretrain/resnet50_to_resnet18_1xb64_'
+        'cifar100_dist.py"); print(cfg.filename)'
+    ],
+                         cwd=str(work),
+                         env=env,
+                         capture_output=True,
+                         text=True)
     assert hub.returncode == 0, hub.stderr[-3000:]
     assert hub.stdout.strip().startswith(str(mim_dir / 'configs'))
 
@@ -290,8 +344,8 @@ def test_mim_search_train_test_on_a_regular_install(tmp_path):
     assert str(mim_dir / 'tools' / 'train.py') in trained
     ckpt = work / 'train' / 'epoch_1.pth'
     assert ckpt.is_file()
-    tested = run('test', 'mmdist', config, '--checkpoint', ckpt,
-                 '--work-dir', work / 'test')
+    tested = run('test', 'mmdist', config, '--checkpoint', ckpt, '--work-dir',
+                 work / 'test')
     assert str(mim_dir / 'tools' / 'test.py') in tested
     assert 'accuracy/top1' in tested
 
@@ -303,8 +357,10 @@ def test_mim_from_the_checkout_with_the_editable_install():
     if not (REPO / 'mmdist.egg-info').is_dir():
         pytest.skip('no mmdist.egg-info: not an editable install')
     out = subprocess.run(
-        [sys.executable, '-m', 'mim', 'search', 'mmdist', '--field',
-         'config'], cwd=str(REPO), capture_output=True, text=True,
+        [sys.executable, '-m', 'mim', 'search', 'mmdist', '--field', 'config'],
+        cwd=str(REPO),
+        capture_output=True,
+        text=True,
         timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     for path in SHIPPED:

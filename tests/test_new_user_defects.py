@@ -409,7 +409,7 @@ def test_teacher_flag_with_a_distillation_checkpoint_says_so(tmp_path):
 
 # ------------------------------------------------------------ demo plots
 def demo_results(seeds):
-    """Results shaped like tools/demo.py's, ``seeds`` seeds."""
+    """Results shaped like tools/misc/demo.py's, ``seeds`` seeds."""
     curve = [[50, 0.1], [100, 0.2]]
     runs = [dict(metric=0.2)] * seeds
     result = dict(seeds=runs, curve=curve, curve_std=[[50, 0.01],

@@ -118,6 +118,11 @@ def test_missing_teacher_checkpoint(tmp_path):
 
 def test_wrong_module_path():
     cfg = load_offline(DLV3)
-    cfg.model.distill_terms[0].teacher_module = 'decode_head.conv_sg'
+    cfg.model.distill_terms = [
+        dict(
+            student_module='decode_head.conv_seg',
+            teacher_module='decode_head.conv_sg',
+            loss=dict(type='mmdist.DISTLoss'))
+    ]
     with pytest.raises(KeyError, match='decode_head.conv_seg'):
         build(cfg)

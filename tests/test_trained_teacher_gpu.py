@@ -1,6 +1,6 @@
 """The trained-teacher GPU check, run on the CPU.
 
-``tools/analysis/trained_teacher_gpu.py export`` traces a demo teacher into
+``.dev_scripts/trained_teacher_gpu.py export`` traces a demo teacher into
 plain torch layers, ``gpu_check.py``'s trained-teacher part runs it in its
 forms (here on the CPU) and ``evaluate`` post-processes the outputs with the
 stock head and evaluator. Checked here: the traced module unpickles without
@@ -29,10 +29,10 @@ def _tool(name, path):
 
 @pytest.mark.parametrize('task', ['det', 'seg'])
 def test_traced_teacher_predicts_what_the_teacher_predicts(task, tmp_path):
-    demo = _tool('demo', 'tools/demo.py')
+    demo = _tool('demo', 'tools/misc/demo.py')
     tool = _tool('trained_teacher_gpu',
-                 'tools/analysis/trained_teacher_gpu.py')
-    gpu_check = _tool('gpu_check', 'tools/analysis/gpu_check.py')
+                 '.dev_scripts/trained_teacher_gpu.py')
+    gpu_check = _tool('gpu_check', '.dev_scripts/gpu_check.py')
     root, _ = demo.make_data(task, str(tmp_path / 'data'), 4)
     cfg = demo.demo_config(task, 'dist', root, str(tmp_path / 'work'), 2,
                            teacher_ckpt=None)

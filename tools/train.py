@@ -1,6 +1,14 @@
 """Train a model (a distiller or any OpenMMLab model) with MMEngine's Runner.
 
-Same arguments and habits as MMDetection's tools/train.py.
+Same arguments and habits as MMDetection's tools/train.py, plus fault
+tolerance (:func:`mmdist.engine.enable_fault_tolerance`): where the config
+uses MMEngine's stock parts, the checkpoint hook becomes
+``mmdist.SafeCheckpointHook``, ``mmdist.PreemptionHook`` and
+``mmdist.DivergenceGuardHook`` join ``custom_hooks`` and an epoch-based loop
+becomes ``mmdist.ResumableEpochBasedTrainLoop``. The log says, once, what
+was added and why. ``--no-fault-tolerance``, or ``fault_tolerance = False``
+in the config, turns all of it off: the Runner then gets the hooks and loop
+MMDetection's tools/train.py gives it.
 """
 import argparse
 import os
@@ -10,10 +18,12 @@ import mmdist  # noqa: F401  (registers mmdist, safe checkpoint loading)
 import torch
 import torch.distributed as dist
 from mmengine.config import Config, DictAction
+from mmengine.logging import MMLogger
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from mmdist.engine import cpu_launch_config, enable_fault_tolerance
+from mmdist.engine import (FAULT_TOLERANCE_KEY, cpu_launch_config,
+                           enable_fault_tolerance)
 from mmdist.utils import resolve_teacher_paths
 from mmdist.utils.workdir import check_work_dir
 
@@ -34,6 +44,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction,
         help='override config settings, e.g. key=value')
+    parser.add_argument(
+        '--no-fault-tolerance', action='store_true',
+        help="train with the config's own hooks and loop: no "
+        'SafeCheckpointHook, PreemptionHook, DivergenceGuardHook or '
+        f'resumable epoch loop (same as {FAULT_TOLERANCE_KEY}=False in the '
+        'config)')
     parser.add_argument(
         '--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
         default='none', help='job launcher')
@@ -78,12 +94,21 @@ def main() -> None:
         cfg.load_from = args.resume
     if args.launcher == 'pytorch':
         cpu_launch_config(cfg)
-    # Atomic checkpoints, SIGTERM -> checkpoint and exit 143 (see
-    # mmdist.engine.PreemptionHook), resume inside an epoch.
-    enable_fault_tolerance(cfg)
+    if args.no_fault_tolerance:
+        # Kept in the config the run dumps, so a resume stays without it.
+        cfg[FAULT_TOLERANCE_KEY] = False
+    changes = enable_fault_tolerance(cfg)
 
     runner = (Runner.from_cfg(cfg)
               if 'runner_type' not in cfg else RUNNERS.build(cfg))
+    # After the Runner is built: its logger writes to the work dir's log.
+    logger = MMLogger.get_current_instance()
+    for change in changes:
+        logger.info(f'fault tolerance: {change}')
+    if changes:
+        logger.info('fault tolerance: --no-fault-tolerance or '
+                    f'{FAULT_TOLERANCE_KEY} = False in the config turns '
+                    'these off')
     try:
         runner.train()
     finally:

@@ -1,6 +1,6 @@
 # Demo detector (student): a narrow RetinaNet ResNet-18 (base width 16) on
 # the synthetic shapes data set (COCO layout, 5 classes, 128x128 images).
-# `tools/demo.py` sets the data root, the schedule and the work dir.
+# `tools/misc/demo.py` sets the data root, the schedule and the work dir.
 _base_ = [
     'mmdet::_base_/models/retinanet_r50_fpn.py',
     'mmdet::_base_/datasets/coco_detection.py',
@@ -88,8 +88,7 @@ optim_wrapper = dict(
     optimizer=dict(type='AdamW', lr=2e-3, weight_decay=0.05),
     clip_grad=dict(max_norm=10, norm_type=2))
 default_hooks = dict(
-    # Validation metrics at their iteration, not at epoch 0 of an
-    # iteration-based run.
+    # Validation metrics at their iteration, not at epoch 0.
     logger=dict(type='LoggerHook', interval=20, log_metric_by_epoch=False),
     checkpoint=dict(type='CheckpointHook', interval=300, by_epoch=False,
                     max_keep_ckpts=1))

@@ -1,9 +1,6 @@
 # Demo: the student distilled from the demo teacher with DIST on the
-# classification conv of every FPN level (sigmoid, beta = gamma = tau = 1).
-# The teacher runs in its fast form (teacher_precision='bf16': BatchNorm
-# folded, channels_last, bf16 autocast), measured on a CPU with AVX512-BF16
-# to teach what the float32 teacher teaches (README, 'A fast teacher');
-# hardware without native bf16 runs it in float32 and logs one line.
+# classification conv of every FPN level (sigmoid, beta = gamma = tau = 1);
+# the teacher in its fast form (bf16; float32 where bf16 is not native).
 _base_ = './det_student.py'
 custom_imports = dict(imports=['mmdist'], allow_failed_imports=False)
 
@@ -26,7 +23,6 @@ model = dict(
                 tau=1.0))
     ])
 
-# Smooth the logged DIST parts and the teacher's accuracy over the logging
-# window like the losses, so that <name>_inter + <name>_intra = loss_<name>.
+# DIST parts smoothed like the losses: <name>_inter + _intra = loss_<name>.
 log_processor = dict(
     mean_pattern=r'.*(loss|time|data_time|grad_norm|_inter|_intra|teacher_acc).*')

@@ -1,7 +1,6 @@
 # Demo segmentor (student): FCN on a narrow ResNetV1c-18 (base width 16,
-# output stride 8) on the synthetic Cityscapes-layout data set (128x64
-# images, labelTrainIds). `tools/demo.py` sets the data root, the schedule
-# and the work dir.
+# output stride 8) on synthetic Cityscapes-layout data (128x64 images).
+# `tools/misc/demo.py` sets the data root, the schedule and the work dir.
 _base_ = [
     'mmseg::_base_/models/fcn_r50-d8.py',
     'mmseg::_base_/datasets/cityscapes.py',

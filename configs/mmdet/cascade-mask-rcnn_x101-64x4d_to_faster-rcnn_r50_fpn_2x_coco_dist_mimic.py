@@ -1,29 +1,9 @@
-# DIST + feature mimicking: Cascade Mask R-CNN ResNeXt-101-64x4d 20e
-# (45.6 box AP) -> Faster R-CNN R50-FPN, 2x. Paper row (COCO val box AP),
-# the authors' best Faster R-CNN row: 38.4 (student alone) -> 40.4 (DIST)
-# -> 41.8 (DIST + mimic), from their `dist+mimic` detection configs:
-# - the DIST term of the sibling config (the teacher's first cascade stage
-#   scores the student's sampled RoIs; softmax over 80 classes + background);
-# - every FPN level of the neck (5 levels, 256 channels) mimicked with MSE
-#   (mean per level, levels summed, loss weight 1), the student's features
-#   passed through one trainable 1x1 Conv2d(256, 256) with bias per level
-#   (no normalisation, PyTorch's default initialisation);
-# - 2x schedule, SGD lr 0.02 for 16 images (8 GPUs x 2), as MMDet's 2x.
-# The teacher runs once per step: backbone, neck and its first box head.
-# Teacher and student as in the sibling `_dist` config (MMDet zoo models
-# with the paper's numbers). Deliberate differences: none known.
-_base_ = './cascade-mask-rcnn_x101-64x4d_to_faster-rcnn_r50_fpn_2x_coco_dist.py'
+# DIST + feature mimicking on every FPN level (the authors' dist+mimic row).
+# Teacher, student and recipe as the sibling _dist config; see the README.
+_base_ = './cascade-mask-rcnn_x101-64x4d_to_faster-rcnn_r50_fpn_2x_coco_dist.py'  # noqa: E501
 
 model = dict(distill_terms=[
-    dict(
-        student_module='roi_head.bbox_head.fc_cls',
-        teacher_module='roi_head.bbox_head.0.fc_cls',
-        loss=dict(
-            type='mmdist.DISTLoss',
-            activation='softmax',
-            beta=1.0,
-            gamma=1.0,
-            tau=1.0)),
+    dict(head='roi_head', loss=dict(type='mmdist.DISTLoss')),
     dict(
         student_module='neck',
         teacher_module='neck',

@@ -11,7 +11,8 @@ Everything that needs to know about a head reads it:
   stage's output);
 - the refusal of heads whose outputs do not correspond row by row (query
   heads);
-- ``docs/supported_models.md`` (``tools/analysis/supported_models.py``) and
+- ``docs/en/user_guides/supported_models.md``
+  (``.dev_scripts/supported_models.py``) and
   the family-by-family test (``tests/test_families.py``), which read
   :data:`ZOO` as well.
 

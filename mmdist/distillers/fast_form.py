@@ -26,13 +26,10 @@ kernel) run in float32 with autocast off.
 Everything is decided once, when the teacher is built; a training step
 only enters :meth:`TeacherForm.autocast` and calls
 :meth:`TeacherForm.prepare` on the input, both no-ops for float32.
-
-This module imports only torch: ``tools/analysis/gpu_check.py`` loads it by
-file path on a machine without OpenMMLab, so the GPU check measures the
-form the distiller builds.
 """
 import contextlib
 import math
+import os
 from collections import Counter, defaultdict
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -56,13 +53,35 @@ FP16_ON_CPU = (
     'runs on AVX512-BF16/AMX units.')
 
 
+#: Environment variable that overrides the bf16 capability check: ``0``
+#: reports bf16 absent (the teacher stays in float32 whatever the hardware),
+#: ``1`` reports it present (bf16 autocast then runs emulated where the
+#: hardware has no bf16 unit: the same numerics, slower). Unset or ``auto``:
+#: the hardware decides.
+BF16_ENV = 'MMDIST_BF16'
+
+
+def _bf16_override() -> Optional[bool]:
+    value = os.environ.get(BF16_ENV, '').strip().lower()
+    if value in ('', 'auto'):
+        return None
+    if value in ('0', 'false', 'off', 'no'):
+        return False
+    if value in ('1', 'true', 'on', 'yes'):
+        return True
+    raise ValueError(f'{BF16_ENV}={value!r}: use 0 (bf16 absent), 1 (bf16 '
+                     'present) or auto (ask the hardware)')
+
+
 def bf16_support(device: Union[str, torch.device]) -> Tuple[bool, str]:
     """Whether ``device`` runs bf16 convolutions natively, and why.
 
     CPUs count when they have AMX-BF16 or AVX512-BF16 instructions (oneDNN
-    emulates bf16 on other AVX-512 CPUs, which is no faster than float32);
-    CUDA devices when they have bf16 tensor cores (compute capability 8.0,
-    Ampere, or newer).
+    emulates bf16 on other CPUs, which is no faster than float32); CUDA
+    devices when they have bf16 tensor cores (compute capability 8.0,
+    Ampere, or newer). The environment variable ``MMDIST_BF16`` overrides
+    the answer for every device (see :data:`BF16_ENV`); a user who wants the
+    teacher in float32 without editing configs sets ``MMDIST_BF16=0``.
 
     Args:
         device (str | torch.device): The device the teacher runs on.
@@ -70,6 +89,10 @@ def bf16_support(device: Union[str, torch.device]) -> Tuple[bool, str]:
     Returns:
         tuple[bool, str]: Supported or not, and the reason in words.
     """
+    override = _bf16_override()
+    if override is not None:
+        return override, (f'{BF16_ENV}={int(override)} reports bf16 '
+                          f'{"present" if override else "absent"}')
     device = torch.device(device)
     if device.type == 'cuda':
         if not torch.cuda.is_available():
@@ -86,9 +109,9 @@ def bf16_support(device: Union[str, torch.device]) -> Tuple[bool, str]:
         capabilities = getattr(torch.cpu, 'get_capabilities', None)
         if capabilities is None:
             return False, (f'torch {torch.__version__} cannot tell whether '
-                           'this CPU has bf16 instructions')
+                           'the CPU has bf16 instructions')
         caps = capabilities()
-        name = caps.get('cpu_name') or caps.get('architecture', 'this CPU')
+        name = caps.get('cpu_name') or caps.get('architecture', 'the CPU')
         found = [k for k in ('amx_bf16', 'avx512_bf16') if caps.get(k)]
         if found:
             return True, f'{name} with {" and ".join(found).upper()}'

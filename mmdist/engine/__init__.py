@@ -2,7 +2,7 @@ from .checkpoint_hook import CheckpointWriteError, SafeCheckpointHook
 from .ddp import CPUCompatibleDDP, cpu_launch_config
 from .distill_schedule import DistillWeightHook
 from .divergence import DivergenceGuardHook, TrainingDiverged
-from .fault_tolerance import enable_fault_tolerance
+from .fault_tolerance import FAULT_TOLERANCE_KEY, enable_fault_tolerance
 from .loops import ResumableEpochBasedTrainLoop
 from .preemption import PREEMPTED_EXIT_CODE, PreemptionHook, TrainingPreempted
 
@@ -11,5 +11,6 @@ __all__ += [
     'SafeCheckpointHook', 'CheckpointWriteError', 'PreemptionHook',
     'PREEMPTED_EXIT_CODE', 'TrainingPreempted',
     'ResumableEpochBasedTrainLoop', 'enable_fault_tolerance',
+    'FAULT_TOLERANCE_KEY',
     'DivergenceGuardHook', 'TrainingDiverged'
 ]

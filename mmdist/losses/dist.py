@@ -11,10 +11,10 @@ Pearson correlation is the cosine of the mean-centred vectors ``u_s`` and
 ``u_t``. The paper (and the authors' code) divides by ``|u_s| |u_t|``, each
 clamped below at ``eps``: its gradient grows like ``1 / |u_s|`` as a student
 row or column goes to a constant, which is where a student with a
-zero-initialised head (ViT, DeiT) starts, and reaches ~1e6 times
-cross-entropy's there. By default the student's norm has a floor relative to
-the teacher's (``floor``, kappa below; 0.05 for softmax, 0.001 for
-sigmoid, whose slope already scales the gradient down)::
+zero-initialised head (ViT, DeiT) starts, and is orders of magnitude
+above cross-entropy's there. By default the student's norm has a floor
+relative to the teacher's (``floor``, kappa below; 0.05 for softmax, 0.001
+for sigmoid, whose slope already scales the gradient down)::
 
     rho = u_s . u_t / (max(|u_s|, kappa |u_t|, eps) * max(|u_t|, eps))
 
@@ -58,14 +58,8 @@ from mmdist.registry import MODELS
 from .dist_stream import ACTIVATIONS, DISTTerms, sync_world_size
 from .rows import as_rows, check_number, check_pair, weight_as_rows
 
-# The student's centred norms are held at >= floor times the teacher's
-# (README, "Stable DIST"). softmax: 0.05 keeps the gradient within ~100x
-# cross-entropy's at a constant student for the shipped settings
-# (beta/gamma/tau up to 2/2/4), which needs about 0.02 or more. sigmoid:
-# sigmoid's slope p(1 - p) already scales the gradient w.r.t. the logits
-# down (by ~0.01 at a focal loss's prior p = 0.01), so 0.001 keeps it
-# within ~35x binary cross-entropy's at 1/1/1 and leaves a RetinaNet head
-# its paper gradient, where 0.05 cost the demo's detector 0.1 bbox mAP.
+# Per activation: sigmoid's own slope already damps the gradient, so its
+# floor is lower (measurements: docs/en/notes/benchmarks.md, Stable DIST).
 DEFAULT_FLOORS = {'softmax': 0.05, 'sigmoid': 0.001}
 
 

@@ -1,19 +1,7 @@
 """Load MMEngine checkpoints on torch >= 2.6 without arbitrary unpickling.
 
-torch >= 2.6 defaults ``torch.load`` to ``weights_only=True``, and MMEngine
-0.10.7 calls it without the argument, so the checkpoints its own Runner writes
-(numpy scalars in ``meta``, ``HistoryBuffer`` in ``message_hub``) no longer
-load. Importing mmdist allows exactly the globals those checkpoints carry and
-keeps everything else refused: a checkpoint that names any other global is
-rejected with :class:`UnsafeCheckpointError`, which names the file and the
-globals. A user who trusts such a file opts in for the process with torch's
-own switch, ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``.
-
-A file that is not a PyTorch checkpoint at all (a failed download's HTML
-page, JSON, a numpy array, an empty or truncated file) is told apart from an
-unsafe checkpoint before anything is unpickled: it raises
-:class:`NotACheckpointError` naming the file and what it looks like, with or
-without ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``.
+The rule (what is allowed, what is refused, how to opt out) is stated once,
+in :func:`install_safe_checkpoint_loading`, which ``import mmdist`` calls.
 """
 import os.path as osp
 import pickle
@@ -241,10 +229,37 @@ def load_from_http(filename: str,
 
 
 def install_safe_checkpoint_loading() -> None:
-    """Allow the OpenMMLab checkpoint globals and route MMEngine's local and
-    http(s) checkpoint loading through the explaining loaders.
+    """Make the checkpoints MMEngine writes load on torch >= 2.6, and nothing
+    that could run code on load.
 
-    Idempotent; called when ``mmdist`` is imported.
+    ``import mmdist`` calls this once (calling it again changes nothing).
+    torch >= 2.6 defaults ``torch.load`` to ``weights_only=True`` and
+    MMEngine 0.10.7 calls it without the argument, so checkpoints written
+    by MMEngine's own Runner (numpy scalars in ``meta``, ``HistoryBuffer``
+    in ``message_hub``) would no longer load. The rule:
+
+    - **Allowed**: what torch's weights-only unpickler allows (tensors,
+      containers, numbers, strings) plus exactly the globals those
+      checkpoints carry (:func:`openmmlab_checkpoint_globals`: numpy
+      arrays, dtypes and scalars under their numpy 1 and 2 names,
+      ``HistoryBuffer`` and its statistics methods), registered with
+      ``torch.serialization.add_safe_globals``.
+    - **Refused**: a checkpoint that names any other global raises
+      :class:`UnsafeCheckpointError` naming the file and the globals; none
+      of them is run. A file that is not a PyTorch checkpoint at all (a
+      failed download's HTML page, JSON, a numpy array, an empty or
+      truncated file) raises :class:`NotACheckpointError` naming the file
+      and what it looks like, before anything is unpickled and whatever
+      the opt-out below.
+    - **Opt out**, for a file you trust: set torch's own switch
+      ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` in the environment; the process
+      then unpickles checkpoints fully.
+
+    The rule applies wherever MMEngine loads a checkpoint from a local path
+    or an http(s) URL (``load_from``, ``--resume``, ``teacher_ckpt``,
+    :func:`mmengine.runner.load_checkpoint`): this replaces those two
+    ``CheckpointLoader`` schemes with :func:`load_from_local` and
+    :func:`load_from_http`. Other schemes keep MMEngine's loaders.
     """
     torch.serialization.add_safe_globals(openmmlab_checkpoint_globals())
     CheckpointLoader.register_scheme(prefixes='', loader=load_from_local,

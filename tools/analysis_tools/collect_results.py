@@ -1,0 +1,660 @@
+"""Collect the results of distillation runs into the README results table.
+
+Reads MMEngine work dirs (as written by ``tools/train.py`` and
+``tools/dist_train.sh``): the last validation metrics of the newest run in
+``<work_dir>/<timestamp>/vis_data/scalars.json``, the config that run used
+(``<timestamp>/vis_data/config.py``, named after the config copy in the work
+dir) and the number of processes from its log. Each run is matched with its
+entry in mmdist's model index (by config name) for the teacher, the student,
+the recipe and the paper's numbers, and its config is compared with the
+shipped config's: the whole config, less what does not define the result
+(:data:`IGNORED`), so that a run with another student, data pipeline or
+schedule is not credited to the shipped recipe.
+
+A work dir that cannot be read (a truncated ``scalars.json``, a validation
+without metrics, a dumped config that does not load) is skipped with a
+warning naming it; the other runs are still reported.
+
+Usage:
+    python tools/analysis_tools/collect_results.py WORK_DIR [WORK_DIR ...]
+        [--all] [--update-metafiles] [--index PATH] [--json PATH]
+
+A WORK_DIR may also be a folder of work dirs (``work_dirs/``). ``--all``
+adds a row for every config of the index that has no run. With
+``--update-metafiles`` the metric of every finished run whose recipe equals
+its shipped config's is written as that entry's ``Results`` in the metafile
+(the file's header comment is kept); a run with another recipe, or an
+unfinished one, is listed and left out.
+"""
+import argparse
+import fnmatch
+import glob
+import json
+import os
+import os.path as osp
+import re
+import sys
+from typing import Dict, List, Optional
+
+import yaml
+
+NOT_RUN = 'not run yet'
+TASKS = {
+    'mmdet': 'Object Detection',
+    'mmseg': 'Semantic Segmentation',
+    'mmpretrain': 'Image Classification',
+}
+# Evaluator type -> (key in scalars.json, name in metafiles, scale, digits).
+METRICS = {
+    'CocoMetric': ('coco/bbox_mAP', 'box AP', 100.0, 1),
+    'IoUMetric': ('mIoU', 'mIoU', 1.0, 2),
+    'Accuracy': ('accuracy/top1', 'Top 1 Accuracy', 1.0, 2),
+}
+FOLDER_METRICS = {folder: METRICS[etype][1] for folder, etype in (
+    ('mmdet', 'CocoMetric'), ('mmseg', 'IoUMetric'),
+    ('mmpretrain', 'Accuracy'))}
+FOLDER_DIGITS = {'mmdet': 1, 'mmseg': 2, 'mmpretrain': 2}
+# What does not define a run's result: config keys (dotted, ``*`` matches
+# any part) left out when a run's config is compared with its shipped
+# config's, and why. Everything else must be equal for the run's number to
+# count as the shipped config's result.
+IGNORED = (
+    ('work_dir', 'where the run writes'),
+    ('launcher', 'how the processes were started'),
+    ('resume', 'a resumed run continues the same recipe'),
+    ('fault_tolerance', "tools/train.py's crash safety, not the recipe"),
+    ('custom_imports', 'module imports'),
+    ('default_hooks', 'logging, timing, checkpoints, visualisation'),
+    ('log_level', 'logging'),
+    ('log_processor', 'logging'),
+    ('visualizer', 'logging'),
+    ('vis_backends', 'logging'),
+    ('env_cfg', 'cuDNN benchmark, worker start method, process group'),
+    ('model_wrapper_cfg', 'the DDP wrapper'),
+    ('find_unused_parameters', 'the DDP wrapper'),
+    ('randomness', 'the seed: another seed is the same recipe'),
+    ('auto_scale_lr.enable', 'its effect shows in the images per step'),
+    ('train_cfg.val_interval', 'when validation runs'),
+    ('train_cfg.val_begin', 'when validation runs'),
+    ('train_cfg.dynamic_intervals', 'when validation runs'),
+    ('test_dataloader', "the result is the validation's"),
+    ('test_evaluator', "the result is the validation's"),
+    ('test_cfg', "the result is the validation's"),
+    ('data_root', 'where the data is (paths under it are compared relative '
+     'to it)'),
+    ('*.data_root', 'where the data is'),
+    ('*.backend_args', 'file storage'),
+    ('*.num_workers', 'data loading speed'),
+    ('*.persistent_workers', 'data loading speed'),
+    ('*.pin_memory', 'data loading speed'),
+    ('*.prefetch_factor', 'data loading speed'),
+)
+# Hooks that tools/train.py adds and that change nothing in the result.
+NO_RESULT_HOOKS = ('PreemptionHook', 'DivergenceGuardHook')
+# Loops that train alike (tools/train.py swaps in the resumable one).
+EPOCH_LOOPS = ('EpochBasedTrainLoop', 'ResumableEpochBasedTrainLoop')
+# Differences shown in a table cell (all of them are printed for
+# --update-metafiles).
+SHOWN_DIFFERENCES = 4
+
+
+class UnreadableRun(ValueError):
+    """A work dir whose run cannot be reported; the message says why."""
+
+
+def default_index() -> str:
+    import mmdist
+    return osp.join(osp.dirname(osp.abspath(mmdist.__file__)), '.mim',
+                    'model-index.yml')
+
+
+# ---------------------------------------------------------------- the index
+def index_root(index_path: str, imports: List[str]) -> str:
+    """The folder the index's paths are relative to: the index's own (the
+    installed ``.mim`` folder, with ``configs/`` inside), or the one above
+    it (the repository's ``configs/model-index.yml``)."""
+    folder = osp.dirname(osp.abspath(index_path))
+    for root in (folder, osp.dirname(folder)):
+        if all(osp.isfile(osp.join(root, rel)) for rel in imports):
+            return root
+    missing = [rel for rel in imports
+               if not osp.isfile(osp.join(folder, rel))]
+    raise FileNotFoundError(
+        f'{index_path} imports {missing}, found neither beside it nor in '
+        'the folder above it')
+
+
+def load_index(index_path: str) -> Dict[str, dict]:
+    """Entries of the model index by config name (file name without .py),
+    each with the path of its metafile and of its config."""
+    with open(index_path) as f:
+        index = yaml.safe_load(f) or {}
+    imports = index.get('Import') or []
+    root = index_root(index_path, imports)
+    entries = {}
+    for rel in imports:
+        meta_path = osp.join(root, rel)
+        with open(meta_path) as f:
+            meta = yaml.safe_load(f) or {}
+        for model in meta.get('Models') or []:
+            name = osp.splitext(osp.basename(model['Config']))[0]
+            entries[name] = dict(
+                model=model,
+                metafile=meta_path,
+                config_path=osp.join(root, model['Config']),
+                folder=model['Config'].split('/')[-2])
+    return entries
+
+
+def paper_cell(entry: Optional[dict]) -> str:
+    """The paper's number for the entry's method, and its student alone."""
+    if entry is None:
+        return '- (not in the model index)'
+    paper = entry['model'].get('Paper Results')
+    method = entry['model']['Metadata'].get('Distillation')
+    if not isinstance(paper, dict) or method is None:
+        return str(paper or 'not reported')
+    digits = FOLDER_DIGITS.get(entry['folder'], 2)
+
+    def fmt(value):
+        return f'{value:.{digits}f}' if isinstance(value,
+                                                   (int, float)) else value
+
+    value = paper.get(method, 'not reported')
+    sep = ' ' if isinstance(value, (int, float)) else ': '
+    return f'{method}{sep}{fmt(value)}; student alone {fmt(paper["Student"])}'
+
+
+def recipe_schedule(metadata: dict) -> str:
+    if 'Epochs' in metadata:
+        length = f'{metadata["Epochs"]} epochs'
+    else:
+        length = f'{metadata["Iterations"] // 1000}k iters'
+    return (f'{length} x {metadata["Batch Size"]} images '
+            f'({metadata["Training Resources"]})')
+
+
+# ---------------------------------------------------------------- the runs
+def warn(message: str) -> None:
+    """A warning on stderr (the table goes to stdout)."""
+    print(f'warning: {message}', file=sys.stderr)
+
+
+def find_work_dirs(paths: List[str]) -> List[str]:
+    """Work dirs among ``paths`` and their sub-folders (two levels)."""
+
+    def is_work_dir(path):
+        return bool(glob.glob(osp.join(path, '*', 'vis_data',
+                                       'scalars.json')))
+
+    found = []
+    for path in paths:
+        if not osp.isdir(path):
+            raise FileNotFoundError(f'{path} is not a folder')
+        candidates = [path] + sorted(glob.glob(osp.join(path, '*'))) + \
+            sorted(glob.glob(osp.join(path, '*', '*')))
+        hits = [c for c in candidates if osp.isdir(c) and is_work_dir(c)]
+        if not hits:
+            warn(f'no MMEngine run found in {path}')
+        found += [h for h in hits if h not in found]
+    return found
+
+
+def read_scalars(path: str) -> List[dict]:
+    """The records of a ``scalars.json``.
+
+    A truncated last line (what a kill or a full disk leaves) is dropped
+    with a warning.
+
+    Raises:
+        UnreadableRun: When another line is not JSON.
+    """
+    with open(path, errors='replace') as f:
+        lines = [line.strip() for line in f]
+    lines = [line for line in lines if line]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            if number == len(lines):
+                warn(f'{path}: its last line is truncated ({error}); '
+                     'reading the records before it')
+                break
+            raise UnreadableRun(f'{path}: line {number} is not JSON '
+                                f'({error})') from error
+    return records
+
+
+def world_size(log_path: str) -> Optional[int]:
+    if not osp.isfile(log_path):
+        return None
+    with open(log_path, errors='replace') as f:
+        for line in f:
+            match = re.search(r'GPU number: (\d+)', line)
+            if match:
+                return int(match.group(1))
+    return None
+
+
+def config_name(work_dir: str, dumped: str) -> str:
+    """The run's config name: the config copy MMEngine saves in the work
+    dir (named after the original file); the one equal to the dumped config
+    when there are several."""
+    copies = sorted(glob.glob(osp.join(work_dir, '*.py')),
+                    key=osp.getmtime)
+    if not copies:
+        return osp.splitext(osp.basename(work_dir.rstrip('/')))[0]
+    with open(dumped) as f:
+        text = f.read()
+    for path in reversed(copies):
+        with open(path) as f:
+            if f.read() == text:
+                return osp.splitext(osp.basename(path))[0]
+    return osp.splitext(osp.basename(copies[-1]))[0]
+
+
+def evaluator_type(cfg) -> Optional[str]:
+    evaluator = cfg.get('val_evaluator')
+    if isinstance(evaluator, (list, tuple)):
+        evaluator = evaluator[0] if evaluator else None
+    if not isinstance(evaluator, dict):
+        return None
+    return str(evaluator.get('type', '')).split('.')[-1]
+
+
+def load_dumped_config(path: str):
+    """The config a run used, as MMEngine dumped it.
+
+    Raises:
+        UnreadableRun: When it does not load (e.g. ``lr=inf`` is dumped as
+            ``inf``, which Python does not read back).
+    """
+    from mmengine.config import Config
+    try:
+        return Config.fromfile(path, import_custom_modules=False)
+    except Exception as error:  # whatever executing the file raises
+        raise UnreadableRun(
+            f'its config {path} does not load ({type(error).__name__}: '
+            f'{error})') from error
+
+
+def read_run(work_dir: str) -> Optional[dict]:
+    """The newest run of a work dir that validated at least once.
+
+    Raises:
+        UnreadableRun: When that run cannot be reported, saying why.
+    """
+    for run in sorted(glob.glob(osp.join(work_dir, '*', 'vis_data',
+                                         'scalars.json')), reverse=True):
+        vis = osp.dirname(run)
+        stamp_dir = osp.dirname(vis)
+        records = read_scalars(run)
+        vals = [r for r in records if 'lr' not in r and 'loss' not in r]
+        if not vals:
+            continue
+        last = vals[-1]
+        if not any(k not in ('step', 'time', 'data_time') for k in last):
+            raise UnreadableRun(
+                f'its last validation (step {last.get("step")}, in {run}) '
+                'returned no metrics (a diverged run?)')
+        dumped = osp.join(vis, 'config.py')
+        cfg = load_dumped_config(dumped)
+        stamp = osp.basename(stamp_dir)
+        world = world_size(osp.join(stamp_dir, f'{stamp}.log'))
+        etype = evaluator_type(cfg)
+        key, label, scale, digits = METRICS.get(etype, (None, None, 1.0, 2))
+        if key not in last:
+            key = next(k for k in last
+                       if k not in ('step', 'time', 'data_time'))
+            label = key
+        by_epoch = cfg.train_cfg.get('by_epoch',
+                                     'max_epochs' in cfg.train_cfg)
+        total = cfg.train_cfg.get('max_epochs' if by_epoch else 'max_iters')
+        return dict(
+            work_dir=work_dir,
+            stamp=stamp,
+            name=config_name(work_dir, dumped),
+            cfg=cfg,
+            world_size=world,
+            metric_key=key,
+            metric=label,
+            value=round(float(last[key]) * scale, digits),
+            digits=digits,
+            step=last.get('step'),
+            by_epoch=by_epoch,
+            total=total,
+            finished=last.get('step') == total)
+    return None
+
+
+def run_schedule(run: dict) -> str:
+    cfg = run['cfg']
+    per_gpu = cfg.train_dataloader.batch_size
+    world = run['world_size']
+    unit = 'epochs' if run['by_epoch'] else 'iters'
+    total = run['total']
+    if not run['by_epoch'] and total and total % 1000 == 0:
+        total, unit = f'{total // 1000}k', 'iters'
+    if world is None:
+        return f'{total} {unit} x ? images (? x {per_gpu})'
+    return f'{total} {unit} x {world * per_gpu} images ({world}x{per_gpu})'
+
+
+def model_summary(model) -> str:
+    if isinstance(model, str):
+        return model
+    if not isinstance(model, dict):
+        return '?'
+    backbone = model.get('backbone') or {}
+    arch = str(backbone.get('type', ''))
+    if 'depth' in backbone:
+        arch += f'-{backbone["depth"]}'
+    return f'{model.get("type", "?")} ({arch})' if arch else str(
+        model.get('type', '?'))
+
+
+def _data_roots(node, found: set) -> set:
+    """The string values of every ``data_root`` key in a config dict."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == 'data_root' and isinstance(value, str) and value:
+                found.add(value.rstrip('/'))
+            else:
+                _data_roots(value, found)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            _data_roots(value, found)
+    return found
+
+
+def _relative(value, roots: List[str]):
+    """A path under one of ``roots`` as ``<data_root>/...``; a tuple as a
+    list; lists of such values item by item; anything else as it is."""
+    if isinstance(value, str):
+        for root in roots:
+            if value == root or value.startswith(root + '/'):
+                return '<data_root>' + value[len(root):]
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_relative(v, roots) for v in value]
+    return value
+
+
+def flatten(node, roots: List[str], prefix: str = '') -> Dict[str, object]:
+    """Dotted key -> value of every setting of a config dict: dicts, and
+    lists holding dicts or lists (pipelines, schedulers), are followed (list
+    items by index); other values are leaves (a tuple as a list, a path
+    under a ``data_root`` relative to it)."""
+    if isinstance(node, dict) and node:
+        items = node.items()
+    elif isinstance(node, (list, tuple)) and any(
+            isinstance(v, (dict, list, tuple)) for v in node):
+        items = enumerate(node)
+    else:
+        return {prefix[:-1]: _relative(node, roots)}
+    out = {}
+    for key, value in items:
+        out.update(flatten(value, roots, f'{prefix}{key}.'))
+    return out
+
+
+def ignored(key: str) -> bool:
+    """Whether a dotted key is among :data:`IGNORED` (or under one)."""
+    return any(
+        fnmatch.fnmatchcase(key, pattern)
+        or fnmatch.fnmatchcase(key, pattern + '.*')
+        for pattern, _ in IGNORED)
+
+
+def comparable(cfg: dict) -> Dict[str, object]:
+    """The settings of a config that define its result, flattened.
+
+    ``tools/train.py``'s own changes are undone: its resumable epoch loop is
+    the stock one, and its preemption and divergence hooks are dropped; a
+    resumed run's ``load_from`` is the checkpoint it resumed from.
+    """
+    cfg = dict(cfg)
+    train_cfg = dict(cfg.get('train_cfg') or {})
+    loop = str(train_cfg.pop('type', '')).split('.')[-1]
+    by_epoch = train_cfg.pop('by_epoch', False)
+    if loop in EPOCH_LOOPS or (not loop and by_epoch):
+        loop = 'EpochBasedTrainLoop'
+    elif not loop:
+        loop = 'IterBasedTrainLoop'
+    cfg['train_cfg'] = dict(train_cfg, type=loop)
+    cfg['custom_hooks'] = [
+        hook for hook in cfg.get('custom_hooks') or []
+        if str(hook.get('type', '')).split('.')[-1] not in NO_RESULT_HOOKS
+    ]
+    if cfg.get('resume'):
+        cfg.pop('load_from', None)
+    roots = sorted(_data_roots(cfg, set()), key=len, reverse=True)
+    return {k: v for k, v in flatten(cfg, roots).items() if not ignored(k)}
+
+
+def config_differences(used: dict, shipped: dict) -> List[str]:
+    """``key: value (shipped value)`` for every setting that defines the
+    result and differs between two config dicts."""
+    a, b = comparable(used), comparable(shipped)
+    missing = '<absent>'
+    return [
+        f'{key}: {a.get(key, missing)!r} (shipped {b.get(key, missing)!r})'
+        for key in sorted(set(a) | set(b))
+        if a.get(key, missing) != b.get(key, missing)
+    ]
+
+
+def recipe_differences(run: dict, entry: dict) -> List[str]:
+    """How the run's recipe differs from its shipped config's."""
+    from mmengine.config import Config
+    from mmdist.utils import resolve_teacher_paths
+    shipped_cfg = Config.fromfile(entry['config_path'],
+                                  import_custom_modules=False)
+    # As the tools do, so that the run's absolute teacher path compares.
+    resolve_teacher_paths(shipped_cfg, entry['config_path'])
+    used = run['cfg'].to_dict()
+    diffs = config_differences(used, shipped_cfg.to_dict())
+    batch = entry['model']['Metadata'].get('Batch Size')
+    if batch is not None and run['world_size'] is not None:
+        total = run['world_size'] * used['train_dataloader']['batch_size']
+        if total != batch:
+            diffs.append(f'{total} images per step (recipe: {batch})')
+    return diffs
+
+
+# ---------------------------------------------------------------- output
+def table(rows: List[dict]) -> str:
+    """The markdown table; with a ``work dir`` column when it has runs
+    (two runs of one config are told apart by it)."""
+    cols = ('config', 'teacher', 'student', 'schedule', 'metric', 'paper',
+            'reproduced')
+    if any(row.get('work_dir') for row in rows):
+        cols += ('work dir', )
+        rows = [dict(row, **{'work dir': row.get('work_dir') or '-'})
+                for row in rows]
+    lines = ['| ' + ' | '.join(cols) + ' |',
+             '| ' + ' | '.join('---' for _ in cols) + ' |']
+    for row in rows:
+        lines.append('| ' + ' | '.join(str(row[c]) for c in cols) + ' |')
+    return '\n'.join(lines)
+
+
+def entry_cells(entry: dict) -> tuple:
+    """Teacher, student and metric cells of an index entry."""
+    meta = entry['model']['Metadata']
+    metric = FOLDER_METRICS.get(entry['folder'], '?')
+    teacher = meta.get('Teacher')
+    if teacher is None:
+        return ('- (student alone)',
+                meta.get('Architecture', entry['model']['Name']), metric)
+    zoo = teacher.get('Metrics')
+    if isinstance(zoo, dict) and metric in zoo:
+        teacher_cell = f'{teacher["Name"]} ({zoo[metric]})'
+    else:
+        teacher_cell = teacher['Name']
+    return teacher_cell, meta['Student']['Name'], metric
+
+
+def recorded_result(entry: dict, metric: str) -> str:
+    """The result already in the entry's metafile, or NOT_RUN."""
+    for result in entry['model'].get('Results') or []:
+        value = (result.get('Metrics') or {}).get(metric)
+        if value is not None:
+            return f'{value} (from the metafile)'
+    return NOT_RUN
+
+
+def summarise(differences: List[str]) -> str:
+    """The first :data:`SHOWN_DIFFERENCES` differences, and how many more."""
+    shown = '; '.join(differences[:SHOWN_DIFFERENCES])
+    more = len(differences) - SHOWN_DIFFERENCES
+    return shown + (f'; and {more} more' if more > 0 else '')
+
+
+def build_rows(runs: List[dict], entries: Dict[str, dict],
+               include_all: bool) -> List[dict]:
+    rows = []
+    for run in runs:
+        entry = entries.get(run['name'])
+        notes = []
+        if not run['finished']:
+            unit = 'epoch' if run['by_epoch'] else 'iter'
+            notes.append(f'at {unit} {run["step"]} of {run["total"]}')
+        if entry is not None:
+            run['differences'] = recipe_differences(run, entry)
+            if run['differences']:
+                notes.append('recipe differs from the config: ' +
+                             summarise(run['differences']))
+            teacher, student, _ = entry_cells(entry)
+        else:
+            run['differences'] = []
+            model = run['cfg'].model
+            teacher = (model_summary(model.get('teacher'))
+                       if 'teacher' in model else '- (student alone)')
+            student = model_summary(model.get('student', model))
+        value = f'{run["value"]:.{run["digits"]}f}'
+        rows.append(dict(
+            config=f'`{run["name"]}.py`',
+            teacher=teacher,
+            student=student,
+            schedule=run_schedule(run),
+            metric=run['metric'],
+            paper=paper_cell(entry),
+            reproduced=value + (f' ({"; ".join(notes)})' if notes else ''),
+            work_dir=run['work_dir']))
+    if include_all:
+        seen = {run['name'] for run in runs}
+        for name, entry in entries.items():
+            if name in seen:
+                continue
+            teacher, student, metric = entry_cells(entry)
+            rows.append(dict(
+                config=f'`{name}.py`',
+                teacher=teacher,
+                student=student,
+                schedule=recipe_schedule(entry['model']['Metadata']),
+                metric=metric,
+                paper=paper_cell(entry),
+                reproduced=recorded_result(entry, metric),
+                work_dir=None))
+    return rows
+
+
+# ---------------------------------------------------------------- metafiles
+def write_metafile(path: str, meta: dict) -> None:
+    """Rewrite a metafile, keeping its leading comment block."""
+    with open(path) as f:
+        header = []
+        for line in f:
+            if not line.startswith('#'):
+                break
+            header.append(line)
+    text = ''.join(header) + yaml.safe_dump(
+        meta, sort_keys=False, default_flow_style=False, allow_unicode=True,
+        width=1000)
+    tmp = f'{path}.tmp{os.getpid()}'
+    with open(tmp, 'w') as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def update_metafiles(runs: List[dict], entries: Dict[str, dict]) -> int:
+    """Write each eligible run's metric as its entry's Results; return the
+    number of entries written."""
+    by_file: Dict[str, List[dict]] = {}
+    for run in runs:
+        entry = entries.get(run['name'])
+        reason = None
+        if entry is None:
+            reason = 'its config is not in the model index'
+        elif not run['finished']:
+            reason = f'unfinished (last validation at step {run["step"]} ' \
+                f'of {run["total"]})'
+        elif run['differences']:
+            reason = 'its recipe differs from the config: ' + '; '.join(
+                run['differences'])
+        if reason:
+            print(f'not written: {run["name"]} ({run["work_dir"]}): '
+                  f'{reason}')
+            continue
+        by_file.setdefault(entry['metafile'], []).append(run)
+    written = 0
+    for path, file_runs in by_file.items():
+        with open(path) as f:
+            meta = yaml.safe_load(f)
+        for run in file_runs:
+            entry = entries[run['name']]
+            model = next(m for m in meta['Models']
+                         if m['Config'] == entry['model']['Config'])
+            model['Results'] = [dict(
+                Task=TASKS.get(entry['folder'], entry['folder']),
+                Dataset=model['Metadata']['Training Data'],
+                Metrics={run['metric']: run['value']})]
+            written += 1
+            print(f'written: {run["name"]}: {run["metric"]} {run["value"]} '
+                  f'-> {path}')
+        write_metafile(path, meta)
+    return written
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(
+        description='Print the results table of distillation runs.')
+    parser.add_argument('work_dirs', nargs='*', help='MMEngine work dirs')
+    parser.add_argument('--index', help='model-index.yml (default: the '
+                        'installed mmdist package\'s)')
+    parser.add_argument('--all', action='store_true',
+                        help='also list the configs of the index not run')
+    parser.add_argument('--update-metafiles', action='store_true',
+                        help='write the runs\' metrics into the metafiles')
+    parser.add_argument('--json', help='also write the rows to this file')
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    import mmdist  # noqa: F401  (resolves mmdist:: in shipped configs)
+    entries = load_index(args.index or default_index())
+    runs = []
+    for work_dir in find_work_dirs(args.work_dirs):
+        try:
+            run = read_run(work_dir)
+        except UnreadableRun as error:
+            warn(f'skipping {work_dir}: {error}')
+            continue
+        if run is None:
+            warn(f'{work_dir} has no validation result yet')
+            continue
+        runs.append(run)
+    rows = build_rows(runs, entries, args.all)
+    print(table(rows))
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(rows, f, indent=2)
+    if args.update_metafiles:
+        update_metafiles(runs, entries)
+
+
+if __name__ == '__main__':
+    main()
