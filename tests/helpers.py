@@ -100,3 +100,43 @@ def run_tool(*args, env=None, timeout=900, cwd=REPO):
         raise AssertionError(f'{" ".join(cmd)} failed ({proc.returncode}):\n'
                              f'{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}')
     return proc
+
+
+# Two runs that compute the same training in another float32 summation
+# order (ranks vs one process, other CPU kernels) may leave their weights
+# apart by at most this fraction of how far each tensor moved: rounding
+# enters the weights only through the updates (tests/test_loss_sync.py,
+# test_two_process_training_equals_one_process_global_batch, says why).
+REDUCTION_ORDER_BOUND = 1e-2
+
+
+def save_initial_student(cfg: Config, path) -> dict:
+    """Build ``cfg.model.student`` (seed 0), save it where ``load_from``
+    can load it into the distiller, and return its floating-point tensors
+    under their ``student.`` keys: the weights every compared run starts
+    from."""
+    from mmengine.registry import MODELS
+    from mmengine.runner import save_checkpoint
+    init_default_scope(cfg.default_scope)
+    torch.manual_seed(0)
+    student = MODELS.build(cfg.model.student)
+    student.init_weights()
+    start = {f'student.{k}': v.clone()
+             for k, v in student.state_dict().items() if v.is_floating_point()}
+    save_checkpoint({'state_dict': start}, str(path))
+    return start
+
+
+def weight_gap(a: dict, b: dict, start: dict) -> tuple:
+    """The largest ``max|a - b| / max|b - start|`` over the tensors of
+    ``start`` that training moves, and the tensor it is found in."""
+    worst, where = 0., None
+    for key, w0 in start.items():
+        moved = float((b[key] - w0).abs().max())
+        if moved == 0:
+            assert torch.equal(a[key], b[key]), key
+            continue
+        ratio = float((a[key] - b[key]).abs().max()) / moved
+        if ratio > worst:
+            worst, where = ratio, key
+    return worst, where

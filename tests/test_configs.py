@@ -341,9 +341,11 @@ def test_every_short_form_config_is_checked():
             assert path in EXPLICIT, path
 
 
-CIFAR = ['mmpretrain/resnet18_1xb64_cifar100.py',
-         'mmpretrain/resnet50_to_resnet18_1xb64_cifar100_dist.py',
-         'mmpretrain/resnet50_to_resnet18_1xb64_cifar100_kd.py']
+CIFAR = [
+    'mmpretrain/resnet18_1xb64_cifar100.py',
+    'mmpretrain/resnet50_to_resnet18_1xb64_cifar100_dist.py',
+    'mmpretrain/resnet50_to_resnet18_1xb64_cifar100_kd.py'
+]
 
 
 @pytest.mark.parametrize('path', CIFAR)
@@ -355,17 +357,17 @@ def test_cifar_recipe_is_the_authors(path):
     assert cfg.train_dataloader.batch_size == 64
     assert cfg.train_cfg.max_epochs == 240
     opt = cfg.optim_wrapper.optimizer
-    assert (opt.type, opt.lr, opt.momentum, opt.weight_decay) == (
-        'SGD', 0.05, 0.9, 5e-4)
+    assert (opt.type, opt.lr, opt.momentum, opt.weight_decay) == ('SGD', 0.05,
+                                                                  0.9, 5e-4)
     assert not opt.get('nesterov', False)
     sched = cfg.param_scheduler
-    assert (sched.type, sched.milestones, sched.gamma) == (
-        'MultiStepLR', [150, 180, 210], 0.1)
+    assert (sched.type, sched.milestones,
+            sched.gamma) == ('MultiStepLR', [150, 180, 210], 0.1)
     assert cfg.auto_scale_lr.base_batch_size == 64
 
 
-@pytest.mark.parametrize('path', [
-    p for p in ALL if 'to_resnet18_8xb32_in1k' in p])
+@pytest.mark.parametrize('path',
+                         [p for p in ALL if 'to_resnet18_8xb32_in1k' in p])
 def test_imagenet_resnet18_recipe_has_the_authors_optimizer(path):
     """MMPretrain's ResNet recipe plus the authors' Nesterov momentum and no
     weight decay on biases and normalisation layers."""
@@ -388,8 +390,11 @@ def test_the_paramwise_options_reach_the_optimizer():
     cfg = load_offline('mmpretrain/resnet34_to_resnet18_8xb32_in1k_dist.py')
     model = build(cfg)
     wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
-    decay = {id(p): g['weight_decay'] for g in wrapper.optimizer.param_groups
-             for p in g['params']}
+    decay = {
+        id(p): g['weight_decay']
+        for g in wrapper.optimizer.param_groups
+        for p in g['params']
+    }
     assert wrapper.optimizer.defaults['nesterov']
     for name, param in model.named_parameters():
         expected = 0.0 if param.ndim == 1 else 1e-4
@@ -424,8 +429,8 @@ def test_readme_commands_agree_with_the_recipes():
                 batch[model['Config'].partition('/')[-1]] = \
                     model['Metadata']['Batch Size']
     readme = (CONFIGS.parent / 'README.md').read_text()
-    commands = re.findall(
-        r'tools/dist_train\.sh configs/(\S+\.py) (\d+)', readme)
+    commands = re.findall(r'tools/dist_train\.sh configs/(\S+\.py) (\d+)',
+                          readme)
     assert commands
     for path, gpus in commands:
         cfg = Config.fromfile(str(CONFIGS / path))

@@ -337,7 +337,7 @@ SKIPPED = (
      'tests/test_fault_injection.py runs slurm_train.sh against a fake srun'),
     (r'\bNNODES=', 'several nodes'),
     (r'\bdist_(train|test)\.sh\b', 'several processes on several GPUs; '
-     'tests/test_multiprocess.py runs the launchers on CPUs'),
+     'tests/test_multiprocess.py trains with tools/dist_train.sh on CPUs'),
     (r'^mim\b', 'mim needs a regular (not editable) install; '
      'tests/test_model_index.py checks what mim reads'),
     (r'gpu_check', 'needs a CUDA GPU; tests/test_gpu_check.py runs the same '

@@ -7,7 +7,8 @@ per process (per micro-batch), so the single process is given the samples in
 the order the distributed sampler deals them to the ranks (rank r takes
 every other sample): micro-batch k of the single run is then exactly rank
 k's batch, and the student weights must agree up to floating-point
-reduction order.
+reduction order: within ``REDUCTION_ORDER_BOUND`` of how far each tensor
+moved (``tests/helpers.py``), from one initial checkpoint both runs load.
 """
 import random
 
@@ -15,12 +16,12 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from helpers import run_tool
+from helpers import (REDUCTION_ORDER_BOUND, run_tool, save_initial_student,
+                     weight_gap)
 from test_e2e_classification import tiny_classification_config
 
 STEPS = 3
 PER_RANK = 2
-TOLERANCE = dict(rtol=1e-4, atol=1e-6)
 
 
 def write_ann_file(root, path, order):
@@ -34,7 +35,7 @@ def write_ann_file(root, path, order):
 
 
 def fixed_order_config(base, root, ann_file, batch_size, iters, lr, path,
-                       accumulate=1):
+                       accumulate=1, load_from=None):
     """A copy of the tiny classification config that reads ``ann_file`` in
     order (no shuffling, no random augmentation), trains ``iters`` steps
     with SGD at ``lr`` and saves one checkpoint at the end; written to
@@ -60,6 +61,7 @@ def fixed_order_config(base, root, ann_file, batch_size, iters, lr, path,
         type='CheckpointHook', interval=iters, by_epoch=False)
     cfg.log_processor = dict(by_epoch=False)
     cfg.randomness = dict(seed=0)
+    cfg.load_from = None if load_from is None else str(load_from)
     cfg.dump(str(path))
     return path
 
@@ -79,10 +81,13 @@ def test_two_processes_match_one_with_accumulation(tmp_path):
     interleaved = tmp_path / 'interleaved.txt'
     write_ann_file(root, interleaved, dealt)
 
+    init = tmp_path / 'init.pth'
+    start = save_initial_student(Config.fromfile(str(base)), init)
     two = fixed_order_config(base, root, natural, PER_RANK, STEPS, 0.05,
-                             tmp_path / 'two_processes.py')
+                             tmp_path / 'two_processes.py', load_from=init)
     one = fixed_order_config(base, root, interleaved, PER_RANK, 2 * STEPS,
-                             0.05, tmp_path / 'one_process.py', accumulate=2)
+                             0.05, tmp_path / 'one_process.py', accumulate=2,
+                             load_from=init)
     port = str(random.randint(20000, 40000))
     run_tool('dist_train.sh', two, 2, '--work-dir', tmp_path / 'two',
              env=dict(PORT=port, OMP_NUM_THREADS='1'))
@@ -99,8 +104,8 @@ def test_two_processes_match_one_with_accumulation(tmp_path):
 
     a = weights(tmp_path / 'two' / f'iter_{STEPS}.pth')
     b = weights(tmp_path / 'one' / f'iter_{2 * STEPS}.pth')
-    assert a.keys() == b.keys()
-    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
-    print(f'largest weight difference after {STEPS} steps: {worst:.2e}')
-    for key in a:
-        assert torch.allclose(a[key], b[key], **TOLERANCE), (key, worst)
+    assert a.keys() == b.keys() and a
+    gap = weight_gap(a, b, {k: v for k, v in start.items() if k in a})
+    print(f'after {STEPS} steps, largest weight difference / update: '
+          f'{gap[0]:.2e} ({gap[1]})')
+    assert gap[0] <= REDUCTION_ORDER_BOUND, gap
