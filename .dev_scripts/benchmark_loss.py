@@ -45,10 +45,17 @@ SHAPES = {
 }
 
 
-def reference_dist(student, teacher, activation, num_classes, tau=1.0,
-                   beta=1.0, gamma=1.0, eps=1e-8):
+def reference_dist(student,
+                   teacher,
+                   activation,
+                   num_classes,
+                   tau=1.0,
+                   beta=1.0,
+                   gamma=1.0,
+                   eps=1e-8):
     """The published formulation, written with generic tensor ops (float32,
     or float64 for float64 inputs: the accuracy yardstick)."""
+
     def rows(x):
         if x.dim() == 2:
             return x
@@ -96,8 +103,7 @@ def make_inputs(shape_name, device):
     # the measurement starts.
     gen = torch.Generator(device=device).manual_seed(0)
     student = torch.empty(shape, device=device).normal_(generator=gen)
-    teacher = torch.empty(shape, device=device).normal_(std=2.0,
-                                                        generator=gen)
+    teacher = torch.empty(shape, device=device).normal_(std=2.0, generator=gen)
     return student, teacher, activation, num_classes
 
 
@@ -193,8 +199,7 @@ def measure_memory(impl, shape_name, device):
         import mmdist.losses  # noqa: F401
     # The inputs are allocated before, so the growth is what the loss adds.
     return peak_extra_bytes(
-        lambda: step(impl, student, teacher, activation, num_classes),
-        device)
+        lambda: step(impl, student, teacher, activation, num_classes), device)
 
 
 def _status_kib(field):
@@ -208,9 +213,13 @@ def _status_kib(field):
 def memory_in_subprocess(impl, shape_name, device):
     policy = ['--policy', POLICY] if POLICY else []
     out = subprocess.run(
-        [sys.executable, __file__, '--memory-child', impl, shape_name,
-         '--device', device] + policy,
-        check=True, capture_output=True, text=True,
+        [
+            sys.executable, __file__, '--memory-child', impl, shape_name,
+            '--device', device
+        ] + policy,
+        check=True,
+        capture_output=True,
+        text=True,
         env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
     return json.loads(out.stdout.strip().splitlines()[-1])['bytes']
 
@@ -257,10 +266,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
     parser.add_argument('--runs', type=int, default=7)
-    parser.add_argument('--shapes', nargs='+', default=list(SHAPES),
-                        choices=list(SHAPES))
-    parser.add_argument('--policy', choices=['cpu', 'gpu'],
-                        help="mmdist's block policy (default: the device's)")
+    parser.add_argument(
+        '--shapes', nargs='+', default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument(
+        '--policy',
+        choices=['cpu', 'gpu'],
+        help="mmdist's block policy (default: the device's)")
     parser.add_argument('--json', help='also write the results here')
     parser.add_argument('--memory-child', nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -268,8 +279,9 @@ def main():
     POLICY = args.policy
     if args.memory_child:
         impl, shape_name = args.memory_child
-        print(json.dumps(dict(bytes=measure_memory(impl, shape_name,
-                                                   args.device))))
+        print(
+            json.dumps(
+                dict(bytes=measure_memory(impl, shape_name, args.device))))
         return
 
     policy = args.policy or ('cpu' if args.device == 'cpu' else 'gpu')

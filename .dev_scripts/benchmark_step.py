@@ -36,12 +36,12 @@ import argparse
 import statistics
 import time
 
-import mmdist  # noqa: F401
 import torch
 from mmengine.config import Config
 from mmengine.optim import OptimWrapper
 from mmengine.registry import init_default_scope
 
+import mmdist  # noqa: F401
 from mmdist.distillers import load_teacher_config
 from mmdist.testing import strip_pretrained
 from mmdist.utils.build import build_model
@@ -50,33 +50,32 @@ PAIRS = {
     # name: (config, scope, batch kind, images per batch or None for --batch)
     'det': ('configs/demo/det_student_dist.py', 'mmdet', 'det', None),
     'seg': ('configs/demo/seg_student_dist.py', 'mmseg', 'seg', None),
-    'two-stage': ('configs/mmdet/cascade-mask-rcnn_x101-64x4d_to_'
-                  'faster-rcnn_r50_fpn_2x_coco_dist.py', 'mmdet', 'det-mask',
-                  None),
+    'two-stage':
+    ('configs/mmdet/cascade-mask-rcnn_x101-64x4d_to_'
+     'faster-rcnn_r50_fpn_2x_coco_dist.py', 'mmdet', 'det-mask', None),
     # The shipped configs themselves, offline, at small inputs.
     'det-shipped': ('configs/mmdet/retinanet_x101-64x4d_to_r50_fpn_2x_coco_'
                     'dist.py', 'mmdet', 'det', 2),
     'det-mimic': ('configs/mmdet/retinanet_x101-64x4d_to_r50_fpn_2x_coco_'
                   'dist_mimic.py', 'mmdet', 'det', 2),
-    'seg-shipped': ('configs/mmseg/deeplabv3_r101-d8_to_deeplabv3_r18-d8_'
-                    '4xb2-80k_cityscapes-512x1024_dist.py', 'mmseg',
-                    'seg-large', 2),
+    'seg-shipped':
+    ('configs/mmseg/deeplabv3_r101-d8_to_deeplabv3_r18-d8_'
+     '4xb2-80k_cityscapes-512x1024_dist.py', 'mmseg', 'seg-large', 2),
 }
 
 # Every shipped teacher: (a config distilling from it, scope, batch kind,
 # input height and width). One image; detection at the issue's 384x640.
 TEACHERS = {
-    'RetinaNet X101-64x4d': (PAIRS['det-shipped'][0], 'mmdet', 'det',
-                             (384, 640)),
-    'Cascade Mask R-CNN X101-64x4d': (PAIRS['two-stage'][0], 'mmdet',
-                                      'det-mask', (384, 640)),
+    'RetinaNet X101-64x4d':
+    (PAIRS['det-shipped'][0], 'mmdet', 'det', (384, 640)),
+    'Cascade Mask R-CNN X101-64x4d':
+    (PAIRS['two-stage'][0], 'mmdet', 'det-mask', (384, 640)),
     'ATSS R101': ('configs/mmdet/atss_r101_to_r50_fpn_1x_coco_dist.py',
                   'mmdet', 'det', (384, 640)),
-    'DeepLabV3 R101-d8': (PAIRS['seg-shipped'][0], 'mmseg', 'seg',
-                          (256, 512)),
-    'SegFormer MiT-B2': ('configs/mmseg/segformer_mit-b2_to_deeplabv3_r18-'
-                         'd8_4xb2-80k_cityscapes-512x1024_dist.py', 'mmseg',
-                         'seg', (256, 512)),
+    'DeepLabV3 R101-d8': (PAIRS['seg-shipped'][0], 'mmseg', 'seg', (256, 512)),
+    'SegFormer MiT-B2':
+    ('configs/mmseg/segformer_mit-b2_to_deeplabv3_r18-'
+     'd8_4xb2-80k_cityscapes-512x1024_dist.py', 'mmseg', 'seg', (256, 512)),
     'ResNet-34': ('configs/mmpretrain/resnet34_to_resnet18_8xb32_in1k_'
                   'dist.py', 'mmpretrain', 'cls', (224, 224)),
     'ResNet-50': ('configs/mmpretrain/resnet50_to_mobilenet-v2_8xb32_in1k_'
@@ -92,28 +91,34 @@ def make_batch(kind: str, batch: int, size=None):
     gen = torch.Generator().manual_seed(0)
     if kind.startswith('det'):
         from mmdet.testing import demo_mm_inputs
-        return demo_mm_inputs(batch_size=batch,
-                              image_shapes=[(3, *(size or (128, 128)))] *
-                              batch,
-                              num_items=[4] * batch, num_classes=5,
-                              with_mask=kind == 'det-mask')
+        return demo_mm_inputs(
+            batch_size=batch,
+            image_shapes=[(3, *(size or (128, 128)))] * batch,
+            num_items=[4] * batch,
+            num_classes=5,
+            with_mask=kind == 'det-mask')
     if kind == 'cls':
         from mmpretrain.structures import DataSample
         size = size or (224, 224)
         return dict(
-            inputs=[torch.randint(0, 256, (3, *size), generator=gen,
-                                  dtype=torch.uint8) for _ in range(batch)],
-            data_samples=[DataSample().set_gt_label(i % 10)
-                          for i in range(batch)])
+            inputs=[
+                torch.randint(
+                    0, 256, (3, *size), generator=gen, dtype=torch.uint8)
+                for _ in range(batch)
+            ],
+            data_samples=[
+                DataSample().set_gt_label(i % 10) for i in range(batch)
+            ])
     from mmengine.structures import PixelData
     from mmseg.structures import SegDataSample
     size = size or ((128, 256) if kind == 'seg-large' else (64, 128))
     inputs, samples = [], []
     for _ in range(batch):
-        inputs.append(torch.randint(0, 256, (3, *size), generator=gen,
-                                    dtype=torch.uint8))
-        sample = SegDataSample(metainfo=dict(
-            img_shape=size, ori_shape=size, pad_shape=size))
+        inputs.append(
+            torch.randint(
+                0, 256, (3, *size), generator=gen, dtype=torch.uint8))
+        sample = SegDataSample(
+            metainfo=dict(img_shape=size, ori_shape=size, pad_shape=size))
         sample.gt_sem_seg = PixelData(
             data=torch.randint(0, 19, (1, *size), generator=gen))
         samples.append(sample)
@@ -188,21 +193,27 @@ def benchmark_teacher(name: str, runs: int) -> dict:
         for precision, model in models.items():
             model.train()
             processed = model.data_preprocessor(data, True)
-            seconds = teacher_minimal_forward(
-                model, processed['inputs'], processed['data_samples'],
-                kind == 'det-mask')
+            seconds = teacher_minimal_forward(model, processed['inputs'],
+                                              processed['data_samples'],
+                                              kind == 'det-mask')
             if run:  # the first is a warm-up
                 times[precision].append(seconds)
     speedups = [a / b for a, b in zip(times['float32'], times['bf16'])]
     speedup, iqr = quartiles(speedups)
-    return dict(float32=statistics.median(times['float32']),
-                fast=statistics.median(times['bf16']), speedup=speedup,
-                speedup_iqr=iqr, size=size,
-                form=models['bf16'].teacher_form.describe())
+    return dict(
+        float32=statistics.median(times['float32']),
+        fast=statistics.median(times['bf16']),
+        speedup=speedup,
+        speedup_iqr=iqr,
+        size=size,
+        form=models['bf16'].teacher_form.describe())
 
 
-def benchmark(name: str, runs: int, batch: int,
-              student_first: bool = False, fast: bool = False) -> dict:
+def benchmark(name: str,
+              runs: int,
+              batch: int,
+              student_first: bool = False,
+              fast: bool = False) -> dict:
     """Time one pair's steps, interleaved (see the module docstring).
 
     Returns:
@@ -257,13 +268,15 @@ def benchmark(name: str, runs: int, batch: int,
         return time.perf_counter() - start
 
     # Interleaved, so that drifts of the machine hit all of them alike.
-    parts = dict(student=lambda: timed(student_step),
-                 teacher_minimal=teacher_minimal,
-                 distill=lambda: timed(distill_step),
-                 stopped=lambda: timed(stopped_step))
+    parts = dict(
+        student=lambda: timed(student_step),
+        teacher_minimal=teacher_minimal,
+        distill=lambda: timed(distill_step),
+        stopped=lambda: timed(stopped_step))
     if fast:
-        parts.update(teacher_fast=lambda: teacher_minimal('fast'),
-                     distill_fast=lambda: timed(distill_step, 'fast'))
+        parts.update(
+            teacher_fast=lambda: teacher_minimal('fast'),
+            distill_fast=lambda: timed(distill_step, 'fast'))
     times = {key: [] for key in parts}
     for run in range(runs + 2):
         for key, part in parts.items():
@@ -275,18 +288,23 @@ def benchmark(name: str, runs: int, batch: int,
     # far the machine's noise reaches (a change is real when the quartile
     # ranges of two versions do not overlap).
     ratios = dict(
-        ratio=[d / (s + t) for s, t, d in zip(
-            times['student'], times['teacher_minimal'], times['distill'])],
+        ratio=[
+            d / (s + t) for s, t, d in zip(
+                times['student'], times['teacher_minimal'], times['distill'])
+        ],
         stopped_ratio=[
-            x / s for s, x in zip(times['student'], times['stopped'])],
-        step_ratio=[
-            d / s for s, d in zip(times['student'], times['distill'])])
+            x / s for s, x in zip(times['student'], times['stopped'])
+        ],
+        step_ratio=[d / s for s, d in zip(times['student'], times['distill'])])
     if fast:
         ratios.update(
-            teacher_speedup=[a / b for a, b in zip(times['teacher_minimal'],
-                                                   times['teacher_fast'])],
-            fast_step_ratio=[d / s for s, d in zip(times['student'],
-                                                   times['distill_fast'])])
+            teacher_speedup=[
+                a / b for a, b in zip(times['teacher_minimal'],
+                                      times['teacher_fast'])
+            ],
+            fast_step_ratio=[
+                d / s for s, d in zip(times['student'], times['distill_fast'])
+            ])
     for key, values in ratios.items():
         result[key], result[f'{key}_iqr'] = quartiles(values)
     if name == 'two-stage':
@@ -306,15 +324,17 @@ def print_teachers(runs: int) -> None:
           f'thread(s), one image, random weights, {runs} interleaved runs '
           'after a warm-up; times are medians, the speed-up the median '
           '[quartiles] of the per-run float32 / fast')
-    print(f'| teacher | input | float32 | fast | speed-up [quartiles] |')
+    print('| teacher | input | float32 | fast | speed-up [quartiles] |')
     print('| --- | --- | --- | --- | --- |')
     form = None
     for name in TEACHERS:
         r = benchmark_teacher(name, runs)
         q1, q3 = r['speedup_iqr']
-        print(f'| {name} | 1x3x{r["size"][0]}x{r["size"][1]} | '
-              f'{1000 * r["float32"]:.0f} ms | {1000 * r["fast"]:.0f} ms | '
-              f'{r["speedup"]:.2f}x [{q1:.2f}, {q3:.2f}] |', flush=True)
+        print(
+            f'| {name} | 1x3x{r["size"][0]}x{r["size"][1]} | '
+            f'{1000 * r["float32"]:.0f} ms | {1000 * r["fast"]:.0f} ms | '
+            f'{r["speedup"]:.2f}x [{q1:.2f}, {q3:.2f}] |',
+            flush=True)
         form = r['form']
     print(f'fast = teacher_precision=\'bf16\' ({form}; the fold count is '
           'the last teacher\'s)')
@@ -329,8 +349,8 @@ def compile_check(runs: int) -> None:
     torch.manual_seed(0)
     model = torchvision.models.resnet50().eval()
     image = torch.randn(1, 3, 224, 224)
-    form = make_fast(model, torch.bfloat16, lambda: model(image),
-                     outputs=['fc'])
+    form = make_fast(
+        model, torch.bfloat16, lambda: model(image), outputs=['fc'])
     compiled = torch.compile(model)
 
     def forward(net):
@@ -359,24 +379,28 @@ def compile_check(runs: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--pairs', nargs='+', default=list(PAIRS),
-                        choices=list(PAIRS))
+    parser.add_argument(
+        '--pairs', nargs='+', default=list(PAIRS), choices=list(PAIRS))
     parser.add_argument('--runs', type=int, default=20)
     parser.add_argument('--batch', type=int, default=4)
     parser.add_argument(
-        '--student-first', action='store_true',
+        '--student-first',
+        action='store_true',
         help='run the student before the whole teacher (the order of '
         'mmdist <= 0.1), for comparison')
     parser.add_argument(
-        '--fast', action='store_true',
+        '--fast',
+        action='store_true',
         help="also build every pair with teacher_precision='bf16' and "
         'compare the steps')
     parser.add_argument(
-        '--teachers', action='store_true',
+        '--teachers',
+        action='store_true',
         help='time the minimal forward of every shipped teacher, float32 '
         'against the fast form, instead of the pairs')
     parser.add_argument(
-        '--compile', action='store_true',
+        '--compile',
+        action='store_true',
         help='measure torch.compile on top of the fast form once')
     args = parser.parse_args()
     if args.compile:
@@ -406,17 +430,19 @@ def main() -> None:
 
         fast = (f' {ratio("teacher_speedup"):>22} {ratio("step_ratio"):>22} '
                 f'{ratio("fast_step_ratio"):>22}' if args.fast else '')
-        print(f'{name:<12} {1000 * r["student"]:6.0f} ms '
-              f'{1000 * r["teacher_minimal"]:8.0f} ms '
-              f'{1000 * r["distill"]:6.0f} ms {ratio("ratio"):>22} '
-              f'{1000 * r["stopped"]:6.0f} ms {ratio("stopped_ratio"):>22} '
-              f'{full}{fast}', flush=True)
+        print(
+            f'{name:<12} {1000 * r["student"]:6.0f} ms '
+            f'{1000 * r["teacher_minimal"]:8.0f} ms '
+            f'{1000 * r["distill"]:6.0f} ms {ratio("ratio"):>22} '
+            f'{1000 * r["stopped"]:6.0f} ms {ratio("stopped_ratio"):>22} '
+            f'{full}{fast}',
+            flush=True)
     print('ratio = distill step / (student step + teacher minimal forward); '
           'stopped = distillation stopped (distill_weight 0), ratio to the '
-          'student step' + (
-              "; fast = teacher_precision='bf16'; step/student = the "
-              'distillation step over the student\'s own step'
-              if args.fast else ''))
+          'student step' +
+          ("; fast = teacher_precision='bf16'; step/student = the "
+           'distillation step over the student\'s own step' if args.
+           fast else ''))
 
 
 if __name__ == '__main__':

@@ -69,11 +69,13 @@ def write_digits(csv_path: str, root: str) -> None:
         image.convert('RGB').save(osp.join(folder, f'{sample}.png'))
 
 
-def base_config(data_root: str, epochs: int, seed: int,
+def base_config(data_root: str,
+                epochs: int,
+                seed: int,
                 teacher_precision: str = 'bf16') -> Config:
     """The shipped CIFAR-100 DIST config on the digits."""
-    path = sorted(glob.glob(
-        osp.join(ROOT, 'configs/mmpretrain/*cifar100*_dist.py')))[0]
+    path = sorted(
+        glob.glob(osp.join(ROOT, 'configs/mmpretrain/*cifar100*_dist.py')))[0]
     cfg = Config.fromfile(path)
     cfg.model.student.head.num_classes = 10
     cfg.model.teacher_precision = teacher_precision
@@ -89,19 +91,21 @@ def base_config(data_root: str, epochs: int, seed: int,
         loader.num_workers = 0
         loader.persistent_workers = False
         loader.dataset = dict(
-            type='CustomDataset', data_root=data_root,
+            type='CustomDataset',
+            data_root=data_root,
             data_prefix='train' if split == 'train' else 'val',
             pipeline=pipeline)
     cfg.data_preprocessor.num_classes = 10
-    cfg.train_cfg = dict(by_epoch=True, max_epochs=epochs,
-                         val_interval=epochs)
-    cfg.optim_wrapper = dict(optimizer=dict(
-        type='SGD', lr=0.05, momentum=0.9, weight_decay=5e-4))
+    cfg.train_cfg = dict(by_epoch=True, max_epochs=epochs, val_interval=epochs)
+    cfg.optim_wrapper = dict(
+        optimizer=dict(type='SGD', lr=0.05, momentum=0.9, weight_decay=5e-4))
     cfg.param_scheduler = dict(
-        type='MultiStepLR', by_epoch=True,
-        milestones=[int(epochs * 2 / 3), int(epochs * 5 / 6)], gamma=0.1)
-    cfg.default_hooks.checkpoint = dict(type='CheckpointHook',
-                                        interval=epochs)
+        type='MultiStepLR',
+        by_epoch=True,
+        milestones=[int(epochs * 2 / 3),
+                    int(epochs * 5 / 6)],
+        gamma=0.1)
+    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=epochs)
     cfg.default_hooks.logger = dict(type='LoggerHook', interval=20)
     cfg.randomness = dict(seed=seed)
     return cfg
@@ -126,8 +130,8 @@ def default_digits_csv() -> str:
     except ImportError as error:
         raise SystemExit('scikit-learn is not installed: run `make install` '
                          'or pass --digits-csv PATH/digits.csv.gz') from error
-    return osp.join(osp.dirname(sklearn.__file__), 'datasets', 'data',
-                    'digits.csv.gz')
+    return osp.join(
+        osp.dirname(sklearn.__file__), 'datasets', 'data', 'digits.csv.gz')
 
 
 def train(cfg: Config, work_dir: str) -> float:
@@ -138,11 +142,12 @@ def train(cfg: Config, work_dir: str) -> float:
     logs = sorted(glob.glob(osp.join(work_dir, '*/vis_data/scalars.json')))
     if not logs:
         subprocess.run([
-            sys.executable, osp.join(ROOT, 'tools/train.py'), path,
-            '--work-dir', work_dir
-        ], check=True, stdout=subprocess.DEVNULL)
-        logs = sorted(
-            glob.glob(osp.join(work_dir, '*/vis_data/scalars.json')))
+            sys.executable,
+            osp.join(ROOT, 'tools/train.py'), path, '--work-dir', work_dir
+        ],
+                       check=True,
+                       stdout=subprocess.DEVNULL)
+        logs = sorted(glob.glob(osp.join(work_dir, '*/vis_data/scalars.json')))
     with open(logs[-1]) as f:
         lines = [json.loads(line) for line in f]
     return [s['accuracy/top1'] for s in lines if 'accuracy/top1' in s][-1]
@@ -188,18 +193,28 @@ def main() -> None:
     parser.add_argument('--digits-csv', default=None)
     parser.add_argument('--work-dir', default='work_dirs/digits')
     parser.add_argument('--epochs', type=int, default=30)
-    parser.add_argument('--warmup-iters', type=int, default=0,
-                        help='also DIST with a linear distillation-weight '
-                        'warm-up of this many iterations (0: not run)')
-    parser.add_argument('--zero-head', action='store_true',
-                        help='also students with a zero-initialised head')
+    parser.add_argument(
+        '--warmup-iters',
+        type=int,
+        default=0,
+        help='also DIST with a linear distillation-weight '
+        'warm-up of this many iterations (0: not run)')
+    parser.add_argument(
+        '--zero-head',
+        action='store_true',
+        help='also students with a zero-initialised head')
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
-    parser.add_argument('--teacher-precision', default='bf16',
-                        choices=['float32', 'bf16'],
-                        help="the distillers' teacher_precision")
-    parser.add_argument('--variants', nargs='+', default=None,
-                        help="train only these students, named as in the "
-                        "table (e.g. KD DIST); default: all")
+    parser.add_argument(
+        '--teacher-precision',
+        default='bf16',
+        choices=['float32', 'bf16'],
+        help="the distillers' teacher_precision")
+    parser.add_argument(
+        '--variants',
+        nargs='+',
+        default=None,
+        help="train only these students, named as in the "
+        "table (e.g. KD DIST); default: all")
     args = parser.parse_args()
     data_root = osp.abspath(osp.join(args.work_dir, 'data'))
     write_digits(args.digits_csv or default_digits_csv(), data_root)
@@ -209,23 +224,23 @@ def main() -> None:
     teacher_cfg = copy.deepcopy(dist)
     teacher_cfg.model = copy.deepcopy(dist.model.student)
     teacher_dir = osp.abspath(osp.join(args.work_dir, 'teacher'))
-    results = {'teacher (ResNet-18, alone)': [train(teacher_cfg,
-                                                    teacher_dir)]}
+    results = {'teacher (ResNet-18, alone)': [train(teacher_cfg, teacher_dir)]}
     teacher_ckpt = osp.join(teacher_dir, f'epoch_{args.epochs}.pth')
 
-    kd_path = sorted(glob.glob(
-        osp.join(ROOT, 'configs/mmpretrain/*cifar100*_kd.py')))[0]
+    kd_path = sorted(
+        glob.glob(osp.join(ROOT, 'configs/mmpretrain/*cifar100*_kd.py')))[0]
     kd_terms = Config.fromfile(kd_path).model.distill_terms
     for seed in args.seeds:
         variants = student_variants(
-            base_config(data_root, args.epochs, seed,
-                        args.teacher_precision), kd_terms,
-            osp.join(teacher_dir, 'config.py'), teacher_ckpt, False)
+            base_config(data_root, args.epochs, seed, args.teacher_precision),
+            kd_terms, osp.join(teacher_dir, 'config.py'), teacher_ckpt, False)
         if args.warmup_iters:
             warm = copy.deepcopy(variants['DIST'])
             warm.custom_hooks = [
-                dict(type='mmdist.DistillWeightHook', schedule='linear',
-                     end=args.warmup_iters)
+                dict(
+                    type='mmdist.DistillWeightHook',
+                    schedule='linear',
+                    end=args.warmup_iters)
             ]
             variants[f'DIST, warm-up {args.warmup_iters} it'] = warm
         if args.zero_head:
@@ -233,8 +248,10 @@ def main() -> None:
                 base_config(data_root, args.epochs, seed,
                             args.teacher_precision), None,
                 osp.join(teacher_dir, 'config.py'), teacher_ckpt, True)
-            variants.update(
-                {f'{name}, zero-init head': v for name, v in zero.items()})
+            variants.update({
+                f'{name}, zero-init head': v
+                for name, v in zero.items()
+            })
         unknown = set(args.variants or ()) - set(variants)
         if unknown:
             parser.error(f'unknown --variants {sorted(unknown)}; the '
@@ -244,8 +261,8 @@ def main() -> None:
                 continue
             slug = name.replace(', ', '_').replace(' ', '_').replace(
                 '(', '').replace(')', '').replace('=', '')
-            top1 = train(variant,
-                         osp.join(args.work_dir, f'{slug}_seed{seed}'))
+            top1 = train(variant, osp.join(args.work_dir,
+                                           f'{slug}_seed{seed}'))
             results.setdefault(name, []).append(top1)
             print(f'seed {seed} {name}: top-1 {top1:.2f}', flush=True)
 

@@ -39,9 +39,8 @@ def main() -> None:
     parser.add_argument('--rows', type=int, default=32)
     parser.add_argument('--classes', type=int, default=1000)
     parser.add_argument('--teacher-spread', type=float, default=3.)
-    parser.add_argument('--activation',
-                        default='softmax',
-                        choices=sorted(DEFAULT_FLOORS))
+    parser.add_argument(
+        '--activation', default='softmax', choices=sorted(DEFAULT_FLOORS))
     parser.add_argument('--offset', type=float, default=0.)
     args = parser.parse_args()
     act = args.activation

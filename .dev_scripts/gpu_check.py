@@ -164,8 +164,9 @@ def import_losses():
     """
     bare_packages('mmdist')
     try:
-        import mmdist.registry  # noqa: F401
         import mmengine
+
+        import mmdist.registry  # noqa: F401
         registry = (f'mmengine {mmengine.__version__} from '
                     f'{os.path.dirname(os.path.dirname(mmengine.__file__))}')
     except ImportError as error:
@@ -429,9 +430,9 @@ def fast_copy(fast_form, model, mode, probe_input, label, **kwargs):
     teacher = copy.deepcopy(model)
     form = fast_form.TeacherForm()
     if dtype is not None:
-        form = fast_form.make_fast(
-            teacher, dtype, functools.partial(teacher, probe_input),
-            **kwargs)
+        form = fast_form.make_fast(teacher, dtype,
+                                   functools.partial(teacher, probe_input),
+                                   **kwargs)
     return teacher, form, note or form.describe()
 
 
@@ -452,8 +453,8 @@ def fast_teachers(fast_form, model, images):
             form = fast_form.TeacherForm(None, True, folded)
             note = f'{len(folded)} BatchNorm layers folded + channels_last'
         else:
-            made = fast_copy(fast_form, model, mode, images[:1], mode,
-                             outputs=['fc'])
+            made = fast_copy(
+                fast_form, model, mode, images[:1], mode, outputs=['fc'])
             if made is None:
                 continue
             teacher, form, note = made
@@ -480,8 +481,7 @@ def measure_autocast(device, runs, warmup, teacher_input=None):
         for mode in AUTOCAST_MODES
     }
     notes = {}
-    for mode, (step, note) in fast_teachers(fast_form, model,
-                                            images).items():
+    for mode, (step, note) in fast_teachers(fast_form, model, images).items():
         steps[mode], notes[mode] = step, note
     times = benchmark_loss.time_steps(steps, device, runs, warmup=warmup)
     strict = steps['fp32 strict']().double()
@@ -561,16 +561,22 @@ def trained_teachers(directory, device, runs, warmup, out_dir):
         forms = {'fp32 strict': (module, fast_form.TeacherForm())}
         notes = {}
         for mode in ('fast bf16', 'fast fp16'):
-            made = fast_copy(fast_form, module, mode, chunks[0][:1],
-                             f'{name} {mode}', keep=saved['distilled'],
-                             outputs=saved['outputs'])
+            made = fast_copy(
+                fast_form,
+                module,
+                mode,
+                chunks[0][:1],
+                f'{name} {mode}',
+                keep=saved['distilled'],
+                outputs=saved['outputs'])
             if made is not None:
                 forms[mode], notes[mode] = made[:2], made[2]
 
         outputs, steps = {}, {}
         for mode, (model, form) in forms.items():
-            per_batch = [flat_outputs(run_form(model, form, c, mode))
-                         for c in chunks]
+            per_batch = [
+                flat_outputs(run_form(model, form, c, mode)) for c in chunks
+            ]
             outputs[mode] = [torch.cat(parts) for parts in zip(*per_batch)]
             steps[mode] = functools.partial(run_form, model, form, chunks[0],
                                             mode)
@@ -579,10 +585,13 @@ def trained_teachers(directory, device, runs, warmup, out_dir):
         # 11 MB, and the device returns files of at most 16 MiB.
         for mode in forms:
             torch.save(
-                dict(form=mode, outputs=outputs[mode],
-                     ms=statistics.median(times[mode]),
-                     distilled_outputs=saved['distilled_outputs'],
-                     device=str(device), config=saved['config']),
+                dict(
+                    form=mode,
+                    outputs=outputs[mode],
+                    ms=statistics.median(times[mode]),
+                    distilled_outputs=saved['distilled_outputs'],
+                    device=str(device),
+                    config=saved['config']),
                 os.path.join(out_dir,
                              f"{name}.{mode.replace(' ', '_')}.out.pt"))
         reference = outputs['fp32 strict']
@@ -639,14 +648,15 @@ def floor_cases(losses, device):
         grads = {}
         for where in ('cpu', device):
             student = torch.zeros(64, 100, device=where, requires_grad=True)
-            losses.DISTLoss(beta=beta, gamma=gamma, tau=tau)(
-                student, teacher.to(where)).backward()
+            losses.DISTLoss(
+                beta=beta, gamma=gamma, tau=tau)(student,
+                                                 teacher.to(where)).backward()
             grads[where] = student.grad.cpu()
         student = torch.zeros(64, 100, requires_grad=True)
         torch.nn.functional.cross_entropy(student, labels).backward()
         ratio = float(grads[device].norm() / student.grad.norm())
-        diff = float((grads[device] - grads['cpu']).norm() /
-                     grads['cpu'].norm())
+        diff = float(
+            (grads[device] - grads['cpu']).norm() / grads['cpu'].norm())
         print(f'stable DIST {beta:g}/{gamma:g}/{tau:g} on {device}: '
               f'constant student, gradient {ratio:.3g}x cross-entropy\'s, '
               f'relative difference to the CPU {diff:.1e}')
@@ -771,8 +781,8 @@ def main():
         torch=torch.__version__,
         cuda=torch.version.cuda,
         python=platform.python_version(),
-        date=datetime.datetime.now(datetime.timezone.utc).isoformat(
-            timespec='seconds'),
+        date=datetime.datetime.now(
+            datetime.timezone.utc).isoformat(timespec='seconds'),
         runs=args.runs,
         warmup=args.warmup,
         policy=policy,

@@ -31,8 +31,8 @@
 #   bash .dev_scripts/gpu_check.sh --teacher-only --trained DIR
 #       # trained teachers exported by .dev_scripts/trained_teacher_gpu.py
 #       # (their outputs come back in $OUT for its 'evaluate')
-# PYTHON picks the interpreter (default python3). On an H200 the whole check
-# took 25 s, the trained demo teachers with --teacher-only 12 s.
+# PYTHON picks the interpreter (default python3). Its run times are on
+# docs/en/notes/benchmarks.md.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."

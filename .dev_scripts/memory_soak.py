@@ -11,12 +11,12 @@ Usage:
 import argparse
 import gc
 
-import mmdist  # noqa: F401
 import torch
 from mmengine.config import Config
 from mmengine.optim import OptimWrapper
 from mmengine.registry import init_default_scope
 
+import mmdist  # noqa: F401
 from mmdist.testing import strip_pretrained
 from mmdist.utils.build import build_model
 

@@ -14,14 +14,17 @@ from pathlib import Path
 import mmdist  # noqa: F401
 from mmdist.analysis.supported import render
 
-PAGE = (Path(__file__).resolve().parents[1] / 'docs' / 'en' / 'user_guides' /
-        'supported_models.md')
+PAGE = (
+    Path(__file__).resolve().parents[1] / 'docs' / 'en' / 'user_guides' /
+    'supported_models.md')
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--check', action='store_true',
-                        help='only check that the page is current')
+    parser.add_argument(
+        '--check',
+        action='store_true',
+        help='only check that the page is current')
     args = parser.parse_args()
     page = render()
     if args.check:

@@ -38,7 +38,6 @@ import os.path as osp
 import sys
 from typing import Dict, List, Tuple
 
-import mmdist  # noqa: F401  (registers mmdist, safe checkpoint loading)
 import torch
 import torch.fx
 from mmengine.config import Config
@@ -46,6 +45,7 @@ from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
 from torch import nn
 
+import mmdist  # noqa: F401  (registers mmdist, safe checkpoint loading)
 from mmdist.utils import build_model, resolve_teacher_paths
 
 # compare_rows is the user tool's comparison, shared so both report alike.
@@ -173,24 +173,32 @@ def export(args) -> None:
         module._forward_hooks.clear()
         module._forward_pre_hooks.clear()
     modules = dict(traced.named_modules())
-    distilled = [f'model.{t.teacher_module}' for t in distiller.terms
-                 if f'model.{t.teacher_module}' in modules]
-    outputs = [p for p in modules
-               if p.startswith(f'model.{head}.') and p.count('.') == 2
-               and isinstance(modules[p], nn.Conv2d)]
+    distilled = [
+        f'model.{t.teacher_module}' for t in distiller.terms
+        if f'model.{t.teacher_module}' in modules
+    ]
+    outputs = [
+        p for p in modules if p.startswith(f'model.{head}.')
+        and p.count('.') == 2 and isinstance(modules[p], nn.Conv2d)
+    ]
     # The distilled outputs among the flat ones: a dense detector's class
     # scores (the first of its (scores, boxes) tuple, one per level), a
     # segmentor's logits.
     outputs_of_one = traced(data[0][0][:1])
-    distilled_outputs = list(range(
-        len(outputs_of_one[0]) if head == 'bbox_head' else 1))
+    distilled_outputs = list(
+        range(len(outputs_of_one[0]) if head == 'bbox_head' else 1))
     os.makedirs(args.out_dir, exist_ok=True)
     path = osp.join(args.out_dir, f'{args.name}.pt')
     torch.save(
-        dict(module=traced, images=torch.cat([i for i, _, _ in data]),
-             batch_size=len(data[0][0]), distilled=distilled,
-             distilled_outputs=distilled_outputs,
-             outputs=outputs, head=head, config=args.config), path)
+        dict(
+            module=traced,
+            images=torch.cat([i for i, _, _ in data]),
+            batch_size=len(data[0][0]),
+            distilled=distilled,
+            distilled_outputs=distilled_outputs,
+            outputs=outputs,
+            head=head,
+            config=args.config), path)
     print(f'{path}: {len(data)} batches, '
           f'{sum(len(i) for i, _, _ in data)} images, distilled {distilled}, '
           f'{osp.getsize(path) / 2**20:.1f} MiB')
@@ -253,23 +261,26 @@ def evaluate(args) -> None:
         args.config, args.checkpoint, args.split)
     data = batches(teacher, loader)
     forms, found = {}, {}
-    for path in sorted(glob.glob(osp.join(args.outputs_dir,
-                                          f'{args.name}.*.out.pt'))):
+    for path in sorted(
+            glob.glob(osp.join(args.outputs_dir, f'{args.name}.*.out.pt'))):
         found = torch.load(path, weights_only=True)
         forms[found['form']] = found
     if 'fp32 strict' not in forms:
         raise FileNotFoundError(f'no {args.name}.fp32_strict.out.pt in '
                                 f'{args.outputs_dir}')
-    loss = next(t.loss for t in distiller.terms
-                if t.teacher_module.startswith(head))
+    loss = next(
+        t.loss for t in distiller.terms if t.teacher_module.startswith(head))
     report = dict(device=found.get('device'), config=args.config, forms={})
     reference = forms['fp32 strict']['outputs']
     for form, saved in forms.items():
         outputs = saved['outputs']
         metrics = metric_of(cfg, teacher, head, data, outputs, args.split,
                             loader.dataset.metainfo)
-        row = dict(metrics={k: float(v) for k, v in metrics.items()},
-                   ms=saved['ms'])
+        row = dict(
+            metrics={
+                k: float(v)
+                for k, v in metrics.items()
+            }, ms=saved['ms'])
         kl = agree = rows = 0.
         for index in saved['distilled_outputs']:
             k, a, r, _ = compare_rows(outputs[index], reference[index],
@@ -281,12 +292,13 @@ def evaluate(args) -> None:
     print(f'| {args.name} | ' + ' | '.join(report['forms']) + ' |')
     print('| --- ' * (1 + len(report['forms'])) + '|')
     for key in report['forms']['fp32 strict']['metrics']:
-        print(f'| {key} | ' + ' | '.join(
-            f"{row['metrics'][key]:.4g}"
-            for row in report['forms'].values()) + ' |')
+        print(f'| {key} | ' + ' | '.join(f"{row['metrics'][key]:.4g}"
+                                         for row in report['forms'].values()) +
+              ' |')
     for key in ('kl', 'top1_agreement', 'ms'):
-        print(f'| {key} | ' + ' | '.join(
-            f'{row[key]:.3g}' for row in report['forms'].values()) + ' |')
+        print(f'| {key} | ' + ' | '.join(f'{row[key]:.3g}'
+                                         for row in report['forms'].values()) +
+              ' |')
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(report, f, indent=1)

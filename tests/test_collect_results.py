@@ -13,14 +13,22 @@ from mmdist.utils.config import PACKAGE_DIR
 INDEX_HEADER = '# a metafile of the test\n# second comment line\n'
 
 
+def cells(line: str) -> list:
+    """The cells of a markdown table line (``\\|`` is a ``|`` in a cell)."""
+    return [
+        c.strip().replace('\\|', '|')
+        for c in re.split(r'(?<!\\)\|',
+                          line.strip()[1:-1])
+    ]
+
+
 def table_rows(output: str) -> dict:
     """Rows of the markdown table printed by the tool, by config name."""
     rows = {}
     lines = [line for line in output.splitlines() if line.startswith('| ')]
-    cols = [c.strip() for c in lines[0].strip('|').split('|')]
+    cols = cells(lines[0])
     for line in lines[2:]:
-        cells = [c.strip() for c in line.strip('|').split('|')]
-        row = dict(zip(cols, cells))
+        row = dict(zip(cols, cells(line)))
         rows[row['config'].strip('`')] = row
     return rows
 
@@ -96,7 +104,7 @@ def test_table_reports_the_last_validation_of_a_run(tiny_run):
     assert row['reproduced'] == f'{expected:.2f}'
     assert row['metric'] == 'Top 1 Accuracy'
     assert row['schedule'] == '1 epochs x 4 images (1x4)'
-    assert row['teacher'] == 'ImageClassifier (ResNet-34)'
+    assert row['teacher'] == 'ImageClassifier (ResNet-34), teacher.pth'
     assert row['student'] == 'ImageClassifier (ResNet-18)'
     assert row['paper'] == '- (not in the model index)'
 
@@ -254,9 +262,8 @@ def as_trained(path, edit=None):
 def table_lines(output: str) -> list:
     """Every row of the printed table, as dicts (duplicates kept)."""
     lines = [line for line in output.splitlines() if line.startswith('| ')]
-    cols = [c.strip() for c in lines[0].strip('|').split('|')]
-    return [dict(zip(cols, (c.strip() for c in line.strip('|').split('|'))))
-            for line in lines[2:]]
+    cols = cells(lines[0])
+    return [dict(zip(cols, cells(line))) for line in lines[2:]]
 
 
 def test_runs_are_compared_whole_and_bad_work_dirs_are_skipped(tmp_path):
@@ -356,3 +363,73 @@ def test_every_ignored_key_is_named_with_a_reason():
     assert tool.config_differences(b, a) == [
         'model.student.depth: 18 (shipped 50)'
     ]
+
+
+ATSS = 'atss_r101_to_r50_fpn_1x_coco_dist'
+
+
+def test_a_run_is_described_by_its_own_config_not_by_its_file_name(tmp_path):
+    """Issue 27, item 2: a run of the demo RetinaNet-R18 student whose
+    config copy is named after the shipped ATSS recipe is not credited to
+    ATSS: its teacher and student cells come from the config it ran with,
+    and the differing models are the first differences named."""
+    demo = as_trained(REPO / 'configs' / 'demo' / 'det_student_dist.py')
+    runs = tmp_path / 'work_dirs'
+    train = {'lr': 0.01, 'loss': 1.0, 'step': 50}
+    val = {'coco/bbox_mAP': 0.123, 'step': 300}
+    fake_run(runs / 'renamed', ATSS, demo, [train, val], world=1)
+    # The shipped recipe itself is still credited to the zoo's models.
+    shipped = as_trained(REPO / 'configs' / 'mmdet' / f'{ATSS}.py')
+    val = {'coco/bbox_mAP': 0.401, 'step': 12}
+    fake_run(runs / 'shipped', ATSS, shipped, [val])
+    rows = {
+        row['work dir'].split('/')[-1]: row
+        for row in table_lines(
+            run_tool('analysis_tools/collect_results.py', runs).stdout)
+    }
+
+    renamed = rows['renamed']
+    assert renamed['config'] == f'`{ATSS}.py`'
+    assert renamed['student'] == 'RetinaNet (ResNet-18)'
+    assert renamed['teacher'] == 'RetinaNet (ResNet-34), iter_1000.pth'
+    assert renamed['reproduced'].startswith(
+        '12.3 (recipe differs from the config: student: RetinaNet '
+        '(ResNet-18) (shipped ATSS (ResNet-50)); teacher: RetinaNet '
+        '(ResNet-34), iter_1000.pth (shipped ATSS (ResNet-101), '
+        'atss_r101_fpn_1x_20200825-dfcadd6f.pth); ')
+    assert rows['shipped']['teacher'] == 'ATSS R101-FPN 1x (41.5)'
+    assert rows['shipped']['student'] == 'ATSS R50-FPN 1x'
+    assert rows['shipped']['reproduced'] == '40.1'
+
+
+def test_walking_a_tree_warns_about_folders_without_a_run(tmp_path):
+    """Issue 27, item 10: an empty folder and a crashed run (a config copy,
+    a log and a dumped config, no ``scalars.json``) beside a good run are
+    named on stderr, as a folder named directly is."""
+    plain = as_trained(REPO / 'configs' / 'mmpretrain' /
+                       'resnet18_1xb64_cifar100.py')
+    runs = tmp_path / 'work_dirs'
+    val = {'accuracy/top1': 41.5, 'step': 240}
+    fake_run(runs / 'good', 'my_cifar_run', plain, [val], world=1)
+    (runs / 'empty').mkdir()
+    fake_run(runs / 'nested' / 'good', 'my_cifar_run', plain, [val], world=1)
+    (runs / 'nested' / 'empty').mkdir()
+    crashed = runs / 'crashed'
+    fake_run(
+        crashed, 'my_cifar_run', plain, [], world=1, stamp='20260102_000000')
+    (crashed / '20260102_000000' / 'vis_data' / 'scalars.json').unlink()
+
+    proc = run_tool('analysis_tools/collect_results.py', runs)
+    assert sorted(row['work dir'] for row in table_lines(proc.stdout)) == [
+        str(runs / 'good'), str(runs / 'nested' / 'good')
+    ]
+    err = proc.stderr
+    assert f'no MMEngine run found in {runs / "empty"}: it is empty' in err
+    assert (f'no MMEngine run found in {runs / "nested" / "empty"}: it is '
+            'empty') in err
+    assert re.search(
+        rf'no MMEngine run found in {crashed}: its run 20260102_000000 '
+        r'wrote no vis_data/scalars\.json', err)
+    # One warning per folder: not its timestamp folder as well.
+    assert str(crashed / '20260102_000000') not in err
+    assert str(runs / 'good') not in err

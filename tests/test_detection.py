@@ -29,7 +29,7 @@ def test_config_takes_a_training_step(path):
     loss = log_vars[f'loss_{kind}']
     assert torch.isfinite(loss) and float(loss) > 0
     if kind == 'dist':
-        parts = log_vars['dist_inter'] + log_vars['dist_intra']
+        parts = log_vars['loss_dist.inter'] + log_vars['loss_dist.intra']
         assert float(parts) == pytest.approx(float(loss), rel=1e-5)
     # The task losses are still there, next to the distillation loss.
     assert any(k.startswith('loss_cls') for k in log_vars)

@@ -118,7 +118,7 @@ def test_teacher_accuracy_is_logged_for_the_first_steps():
     accuracies = [train_step(model, batch).get('teacher_acc')
                   for _ in range(4)]
     text = logged.close()
-    assert [float(a) for a in accuracies[:3]] == [1.0, 1.0, 1.0]
+    assert [float(a) for a in accuracies[:3]] == [100.0, 100.0, 100.0]
     assert accuracies[3] is None  # logged for the first 3 steps only
     assert 'teacher accuracy on the first 3 training batches: 100.0%' in text
     assert 'no better than chance' not in text

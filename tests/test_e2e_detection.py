@@ -89,7 +89,7 @@ def test_train_test_resume_export(tmp_path):
     work = tmp_path / 'work'
     out = run_tool('train.py', config, '--work-dir', work)
     log = out.stdout + out.stderr
-    assert 'loss_dist' in log and 'dist_inter' in log
+    assert 'loss_dist' in log and 'loss_dist.inter' in log
     assert (work / 'epoch_2.pth').is_file()
 
     tested = run_tool('test.py', config, work / 'epoch_2.pth', '--work-dir',

@@ -74,7 +74,7 @@ def test_distiller_teacher_scores_like_the_teacher_alone(tmp_path):
     assert len(logged) >= 6
     for step in logged:
         # Smoothed alike, the parts add up to the logged loss (4 digits).
-        assert abs(step['dist_inter'] + step['dist_intra'] -
+        assert abs(step['loss_dist.inter'] + step['loss_dist.intra'] -
                    step['loss_dist']) < 2e-4, step
     assert any('teacher_acc' in s for s in logged)
 

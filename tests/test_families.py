@@ -5,9 +5,10 @@ with the short form on every class head.
 Per family: the distiller builds with the terms
 docs/en/user_guides/supported_models.md lists; one training step gives a
 finite distillation loss per term and a non-zero gradient (from the
-distillation losses alone) on every distilled student module; predict runs. Query-based families fail at build time with
-the refusal sentence; a family whose zoo model fails on its own here is
-checked to still fail that way (so a fix upstream shows up).
+distillation losses alone) on every distilled student module; predict runs.
+Query-based families fail at build time with the refusal sentence; a family
+whose zoo model fails on its own here is checked to still fail that way (so
+a fix upstream shows up).
 """
 import copy
 import re

@@ -220,21 +220,6 @@ def test_the_environment_variable_refuses_other_values(monkeypatch):
     assert fast_form.bf16_support('cpu')[0]
 
 
-def test_gpu_check_uses_this_module_without_openmmlab():
-    """gpu_check.py loads fast_form.py by path: only torch imports."""
-    import ast
-    tree = ast.parse(open(fast_form.__file__).read())
-    imported = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported.update(a.name.split('.')[0] for a in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            assert node.level == 0, 'no relative imports'
-            imported.add(node.module.split('.')[0])
-    assert imported <= {'contextlib', 'math', 'os', 'collections', 'typing',
-                        'torch'}, imported
-
-
 # --------------------------------------------------- in the distiller
 @pytest.fixture
 def bf16_present(monkeypatch):

@@ -75,8 +75,10 @@ def runs(tmp_path_factory):
     root = tmp / 'coco'
     make_coco_detection(str(root), num_train=4, num_val=2, size=(128, 128))
     ann = str(root / 'annotations' / 'instances_val2017.json')
-    options = [f'{split}_dataloader.dataset.data_root={root}/'
-               for split in ('train', 'val', 'test')]
+    options = [
+        f'{split}_dataloader.dataset.data_root={root}/'
+        for split in ('train', 'val', 'test')
+    ]
     options += [
         f'val_evaluator.ann_file={ann}', f'test_evaluator.ann_file={ann}',
         'train_dataloader.batch_size=2', 'train_cfg.max_iters=2',
@@ -90,21 +92,25 @@ def runs(tmp_path_factory):
          str(work['mmdet'])],
         [ours, config, '--no-fault-tolerance', '--work-dir',
          str(work['off'])],
-        [ours, config, '--work-dir', str(work['on'])],
+        [ours, config, '--work-dir',
+         str(work['on'])],
     ]
     argvs = [argv + ['--cfg-options'] + options for argv in argvs]
     out = tmp / 'records.json'
     proc = subprocess.run(
         [sys.executable, '-c', RECORDER,
          str(out), json.dumps(argvs)],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
         env=dict(os.environ, PYTHONUNBUFFERED='1'))
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     with open(out) as f:
         stock, off, on = json.load(f)
     # Each run's own output: from its 'recorder: running' line on.
-    logs = re.split(r'^recorder: running .*$', proc.stdout + proc.stderr,
-                    flags=re.M)
+    logs = re.split(
+        r'^recorder: running .*$', proc.stdout + proc.stderr, flags=re.M)
     return dict(stock=stock, off=off, on=on), logs[1:], work
 
 
@@ -122,15 +128,16 @@ def test_on_logs_each_addition(runs):
     hooks = [name.split('.')[-1] for name, _ in records['on']['hooks']]
     added = ('SafeCheckpointHook', 'PreemptionHook', 'DivergenceGuardHook')
     assert set(added) <= set(hooks)
-    lines = [line for line in logs[2].splitlines()
-             if 'fault tolerance:' in line]
+    lines = [
+        line for line in logs[2].splitlines() if 'fault tolerance:' in line
+    ]
     for name in added:
         assert sum(name in line for line in lines) == 1, (name, lines)
     assert '--no-fault-tolerance' in lines[-1]
     # The same lines are in the run's log file.
     log_file = next(work['on'].glob('*/*.log')).read_text()
-    assert all(line.split('fault tolerance: ')[1] in log_file
-               for line in lines)
+    assert all(
+        line.split('fault tolerance: ')[1] in log_file for line in lines)
 
 
 def test_each_change_is_reported_and_the_key_turns_them_off():
@@ -140,11 +147,10 @@ def test_each_change_is_reported_and_the_key_turns_them_off():
     cfg = Config(written)
     changes = enable_fault_tolerance(cfg)
     assert [c.split(':')[0] for c in changes] == [
-        'default_hooks.checkpoint', 'custom_hooks', 'custom_hooks',
-        'train_cfg'
+        'default_hooks.checkpoint', 'custom_hooks', 'custom_hooks', 'train_cfg'
     ]
-    for name in ('SafeCheckpointHook', 'PreemptionHook',
-                 'DivergenceGuardHook', 'ResumableEpochBasedTrainLoop'):
+    for name in ('SafeCheckpointHook', 'PreemptionHook', 'DivergenceGuardHook',
+                 'ResumableEpochBasedTrainLoop'):
         assert sum(name in c for c in changes) == 1, name
     assert enable_fault_tolerance(cfg) == []  # nothing more to change
 

@@ -11,12 +11,12 @@ import argparse
 import os
 import os.path as osp
 
-import mmdist  # noqa: F401  (registers mmdist, safe checkpoint loading)
 import torch.distributed as dist
 from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
+import mmdist  # noqa: F401  (registers mmdist, safe checkpoint loading)
 from mmdist.engine import cpu_launch_config
 from mmdist.utils import is_distiller, resolve_teacher_paths, student_config
 from mmdist.utils.student import (is_distillation_checkpoint,
@@ -27,22 +27,27 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Test (evaluate) a model')
     parser.add_argument('config', help='test config file path')
     parser.add_argument(
-        'checkpoint', nargs='?',
+        'checkpoint',
+        nargs='?',
         help='checkpoint file (optional with --teacher: the config\'s '
         'teacher_ckpt is used)')
     parser.add_argument(
-        '--teacher', action='store_true',
+        '--teacher',
+        action='store_true',
         help='evaluate the teacher of a distillation config, as the '
         'distiller runs it')
     parser.add_argument('--work-dir', help='directory for the evaluation log')
+    parser.add_argument('--out', help='dump predictions to this pickle file')
     parser.add_argument(
-        '--out', help='dump predictions to this pickle file')
-    parser.add_argument(
-        '--cfg-options', nargs='+', action=DictAction,
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
         help='override config settings, e.g. key=value')
     parser.add_argument(
-        '--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-        default='none', help='job launcher')
+        '--launcher',
+        choices=['none', 'pytorch', 'slurm', 'mpi'],
+        default='none',
+        help='job launcher')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args()
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
@@ -96,8 +101,9 @@ def main() -> None:
     if args.launcher == 'pytorch':
         cpu_launch_config(cfg)
 
-    runner = (Runner.from_cfg(cfg)
-              if 'runner_type' not in cfg else RUNNERS.build(cfg))
+    runner = (
+        Runner.from_cfg(cfg)
+        if 'runner_type' not in cfg else RUNNERS.build(cfg))
     if student_checkpoint is not None:
         load_student_weights(runner.model, student_checkpoint)
     try:

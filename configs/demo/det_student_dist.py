@@ -22,7 +22,3 @@ model = dict(
                 gamma=1.0,
                 tau=1.0))
     ])
-
-# DIST parts smoothed like the losses: <name>_inter + _intra = loss_<name>.
-log_processor = dict(
-    mean_pattern=r'.*(loss|time|data_time|grad_norm|_inter|_intra|teacher_acc).*')

@@ -27,7 +27,3 @@ model = dict(
                 tau=1.0,
                 loss_weight=0.4))
     ])
-
-# DIST parts smoothed like the losses: <name>_inter + _intra = loss_<name>.
-log_processor = dict(
-    mean_pattern=r'.*(loss|time|data_time|grad_norm|_inter|_intra|teacher_acc).*')

@@ -18,4 +18,3 @@ model = dict(
             head='bbox_head',
             loss=dict(type='mmdist.DISTLoss', num_classes=None))
     ])
-log_processor = dict(mean_pattern={{_base_.distill_mean_pattern}})

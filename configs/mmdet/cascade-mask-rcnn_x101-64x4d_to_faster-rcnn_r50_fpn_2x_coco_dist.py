@@ -15,4 +15,3 @@ model = dict(
     'cascade_mask_rcnn_x101_64x4d_fpn_20e_coco_20200512_161033-bdb5126a.pth',
     teacher_precision='bf16',
     distill_terms=[dict(head='roi_head', loss=dict(type='mmdist.DISTLoss'))])
-log_processor = dict(mean_pattern={{_base_.distill_mean_pattern}})

@@ -20,4 +20,3 @@ model = dict(
             head='bbox_head',
             loss=dict(type='mmdist.DISTLoss', num_classes=None))
     ])
-log_processor = dict(mean_pattern={{_base_.distill_mean_pattern}})

@@ -21,4 +21,3 @@ model = dict(
 optim_wrapper = dict(
     optimizer=dict(nesterov=True),
     paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0))
-log_processor = dict(mean_pattern={{_base_.distill_mean_pattern}})

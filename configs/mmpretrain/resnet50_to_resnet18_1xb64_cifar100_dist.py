@@ -15,4 +15,3 @@ model = dict(
             head='head',
             loss=dict(type='mmdist.DISTLoss', beta=2.0, gamma=2.0, tau=4.0))
     ])
-log_processor = dict(mean_pattern={{_base_.distill_mean_pattern}})

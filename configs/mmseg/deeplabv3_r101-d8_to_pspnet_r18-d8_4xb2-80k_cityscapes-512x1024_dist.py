@@ -16,4 +16,3 @@ model = dict(
     'deeplabv3_r101-d8_512x1024_80k_cityscapes_20200606_113503-9e428899.pth',
     teacher_precision='bf16',
     distill_terms=[dict(loss=dict(type='mmdist.DISTLoss'))])
-log_processor = dict(mean_pattern={{_base_.distill_mean_pattern}})

@@ -22,4 +22,3 @@ model = dict(
             resize_teacher=True,
             loss=dict(type='mmdist.DISTLoss'))
     ])
-log_processor = dict(mean_pattern={{_base_.distill_mean_pattern}})

@@ -43,16 +43,16 @@ def _row_statistics(student: Tensor, teacher: Tensor, activation: str,
         ys, yt = torch.sigmoid(zs), pt
     ys = ys - ys.mean(1, keepdim=True)
     yt = yt - yt.mean(1, keepdim=True)
-    rho = (ys * yt).sum(1) / (ys.norm(dim=1).clamp_min(1e-8) *
-                              yt.norm(dim=1).clamp_min(1e-8))
+    rho = (ys * yt).sum(1) / (
+        ys.norm(dim=1).clamp_min(1e-8) * yt.norm(dim=1).clamp_min(1e-8))
     return float(kl.sum()), float(rho.sum()), kl.numel()
 
 
 @torch.no_grad()
-def measure_discrepancy(model: Distiller,
-                        batches: Iterable,
-                        max_batches: Optional[int] = None
-                        ) -> Dict[str, Dict[str, float]]:
+def measure_discrepancy(
+        model: Distiller,
+        batches: Iterable,
+        max_batches: Optional[int] = None) -> Dict[str, Dict[str, float]]:
     """Mean teacher-student KL and Pearson correlation per distillation term.
 
     Args:
@@ -67,20 +67,22 @@ def measure_discrepancy(model: Distiller,
     """
     logits_terms = [t for t in model.terms if hasattr(t.loss, 'activation')]
     skipped = {
-        t.name: dict(skipped=f'feature term ({type(t.loss).__name__} on '
-                     f'{t.student_module}): not a logits discrepancy')
+        t.name:
+        dict(skipped=f'feature term ({type(t.loss).__name__} on '
+             f'{t.student_module}): not a logits discrepancy')
         for t in model.terms if t not in logits_terms
     }
     for name, info in skipped.items():
-        print_log(f'discrepancy: skipping {name!r}, {info["skipped"]}',
-                  logger='current')
+        print_log(
+            f'discrepancy: skipping {name!r}, {info["skipped"]}',
+            logger='current')
     if any(t.teacher_module.startswith('roi_head.') for t in logits_terms):
         raise ValueError('discrepancy of RoI-head terms is not supported: '
                          'the student needs proposals to score')
     model.eval()
-    student_heads = HeadsForward(model.student,
-                                 [t.student_module for t in logits_terms],
-                                 owner='student')
+    student_heads = HeadsForward(
+        model.student, [t.student_module for t in logits_terms],
+        owner='student')
     totals = {t.name: [0.0, 0.0, 0] for t in logits_terms}
     for index, data in enumerate(batches):
         if max_batches is not None and index >= max_batches:
@@ -93,16 +95,17 @@ def measure_discrepancy(model: Distiller,
             for term in logits_terms:
                 loss = term.loss
                 for s, t in zip(*term.levels()):
-                    kl, rho, rows = _row_statistics(
-                        s, term.align_teacher(s, t), loss.activation,
-                        loss.tau, loss.num_classes)
+                    kl, rho, rows = _row_statistics(s,
+                                                    term.align_teacher(s, t),
+                                                    loss.activation, loss.tau,
+                                                    loss.num_classes)
                     total = totals[term.name]
                     total[0] += kl
                     total[1] += rho
                     total[2] += rows
     result = {
-        name: dict(kl=kl / max(rows, 1), pearson=rho / max(rows, 1),
-                   rows=rows)
+        name:
+        dict(kl=kl / max(rows, 1), pearson=rho / max(rows, 1), rows=rows)
         for name, (kl, rho, rows) in totals.items()
     }
     result.update(skipped)

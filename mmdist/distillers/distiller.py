@@ -2,7 +2,8 @@
 import contextlib
 import copy
 import logging
-from typing import Dict, List, Optional, Sequence, Union
+from collections import OrderedDict
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from mmengine.logging import print_log
@@ -73,7 +74,8 @@ class Distiller(BaseModel):
             output tolerated per term (the term is skipped for that step)
             before training stops with an error. Defaults to 10.
         teacher_check_iters (int): For this many first training steps, log
-            the teacher's accuracy on the training batch (``teacher_acc``)
+            the teacher's accuracy on the training batch (``teacher_acc``,
+            in percent like MMSeg's ``acc_seg`` and MMPretrain's accuracy)
             and warn if it is near chance (classification and segmentation;
             see :mod:`~mmdist.distillers.teacher_check`). 0 turns it off.
             Defaults to 50.
@@ -272,7 +274,8 @@ class Distiller(BaseModel):
         Returns:
             dict[str, Tensor]: The student's losses, ``loss_<name>`` per term
             (summed over the calls of its module, e.g. FPN levels), the
-            logged parts ``<name>_inter`` / ``<name>_intra`` for DIST and,
+            logged parts ``loss_<name>.inter`` / ``loss_<name>.intra`` for
+            DIST (kept out of the total by :meth:`parse_losses`) and,
             for the first ``teacher_check_iters`` steps, ``teacher_acc``.
             The terms are multiplied by ``distill_weight`` (logged when a
             schedule sets it); at 0 the teacher does not run and every
@@ -308,10 +311,42 @@ class Distiller(BaseModel):
                 self.student.parameters()).new_tensor(self.distill_weight)
         return losses
 
+    def parse_losses(
+            self, losses: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """MMEngine's ``parse_losses``, except that the logged parts of the
+        terms (``loss_<name>.inter``) are not added to the total again.
+
+        The parts carry ``loss`` in their names so that MMEngine's default
+        ``log_processor`` smooths them over the same window as
+        ``loss_<name>``: what the log shows then adds up without a
+        ``mean_pattern`` in the config.
+
+        Args:
+            losses (dict[str, Tensor]): The outputs of ``loss`` mode.
+
+        Returns:
+            tuple[Tensor, dict[str, Tensor]]: The total to backpropagate
+            and the values to log, each part after its ``loss_<name>``.
+        """
+        totals = {f'loss_{term.name}' for term in self.terms}
+        parts = {
+            key: value
+            for key, value in losses.items()
+            if '.' in key and key.rsplit('.', 1)[0] in totals
+        }
+        total, log_vars = super().parse_losses(
+            {k: v for k, v in losses.items() if k not in parts})
+        ordered = OrderedDict(loss=log_vars.pop('loss'))
+        for key in losses:
+            ordered[key] = (parts[key].detach().mean()
+                            if key in parts else log_vars.pop(key))
+        return total, ordered
+
     def _check_teacher(self,
                        data_samples: Optional[list]) -> Dict[str, Tensor]:
-        """Teacher accuracy on this batch, from the first term with logits
-        (a name without ``loss``: logged, never backpropagated)."""
+        """Teacher accuracy on this batch in percent, from the first term
+        with logits (a name without ``loss``: logged, never backpropagated).
+        """
         for term in self.terms:
             records = term.teacher_outputs.records
             if records and isinstance(records[0], Tensor):
@@ -323,7 +358,10 @@ class Distiller(BaseModel):
                                              ignore)
         if accuracy is None:
             return {}
-        return {'teacher_acc': records[0].new_tensor(accuracy).float()}
+        # Percent: the unit of the accuracies logged beside it (acc_seg).
+        return {
+            'teacher_acc': records[0].new_tensor(100. * accuracy).float()
+        }
 
     def _term_losses(self, term: DistillTerm,
                      data_samples: Optional[list]) -> Dict[str, Tensor]:
@@ -348,6 +386,8 @@ class Distiller(BaseModel):
                      'is not finite on another rank (sync=True)')
             return self._skip_nonfinite(term, students, where)
         term.nonfinite_in_a_row = 0
+        # First finite step: both outputs are seen for the first time here.
+        term.warn_if_teacher_constant(teachers)
         return term.losses(students, teachers, data_samples,
                            self.distill_weight)
 

@@ -348,7 +348,8 @@ def expand_short(term: dict, student: nn.Module,
                 stage_suffix = f'_s{i}' if len(s_stages) > 1 else ''
                 terms += _pair_stage(s_stages[i], t_stages[j], student,
                                      teacher, slot, loss, term,
-                                     base + head_suffix + stage_suffix)
+                                     base + head_suffix + stage_suffix,
+                                     notes)
     if not terms:
         raise ValueError('the short distillation term found no class logits '
                          'to distil in the student and teacher '
@@ -356,15 +357,23 @@ def expand_short(term: dict, student: nn.Module,
     return terms, notes
 
 
-def _pair_stage(s_sites: List[LogitsSite], t_sites: List[LogitsSite],
-                student: nn.Module, teacher: nn.Module, slot: Slot,
-                loss: dict, options: dict, name: str) -> List[dict]:
+def _pair_stage(s_sites: List[LogitsSite],
+                t_sites: List[LogitsSite],
+                student: nn.Module,
+                teacher: nn.Module,
+                slot: Slot,
+                loss: dict,
+                options: dict,
+                name: str,
+                notes: Optional[List[str]] = None) -> List[dict]:
     s_by_index: Dict[int, List[LogitsSite]] = {}
     t_by_index: Dict[int, List[LogitsSite]] = {}
     for site in s_sites:
         s_by_index.setdefault(site.key[0], []).append(site)
     for site in t_sites:
         t_by_index.setdefault(site.key[0], []).append(site)
+    if notes is not None:
+        notes += _unpaired_notes(s_by_index, t_by_index)
     terms = []
     for index in sorted(set(s_by_index) & set(t_by_index)):
         s_levels, t_levels = s_by_index[index], t_by_index[index]
@@ -388,6 +397,27 @@ def _pair_stage(s_sites: List[LogitsSite], t_sites: List[LogitsSite],
             entry.update(copy.deepcopy(options))
             terms.append(entry)
     return terms
+
+
+def _unpaired_notes(s_by_index: Dict[int, List[LogitsSite]],
+                    t_by_index: Dict[int, List[LogitsSite]]) -> List[str]:
+    """Log lines for the logits modules of one side that the other side's
+    head has no counterpart for (a distilled DeiT's ``head_dist`` beside a
+    one-head student), which the short form leaves out."""
+    notes = []
+    for owner, own, other, partner in (
+            ('student', s_by_index, t_by_index, 'teacher'),
+            ('teacher', t_by_index, s_by_index, 'student')):
+        if not other:
+            continue
+        family = next(iter(other.values()))[0].family.name
+        for index in sorted(set(own) - set(other)):
+            for site in own[index]:
+                notes.append(
+                    f'{owner} {site.path} ({site.family.name}) left out: '
+                    f"the {partner}'s {family} head has no logits module "
+                    'to pair it with')
+    return notes
 
 
 def expand_explicit(term: dict, student: nn.Module,

@@ -1,10 +1,12 @@
 """A distillation term: which student and teacher modules meet in which loss,
 and what belongs only to that pair (a connector, a resize, an ignore mask).
 """
+import logging
 from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from mmengine.logging import print_log
 from torch import Tensor, nn
 
 from mmdist.registry import MODELS
@@ -14,6 +16,9 @@ from .families import family_of
 from .recorder import Recorder
 
 _LOSS_NAMES = {'DISTLoss': 'dist', 'KDLoss': 'kd'}
+# Constant: a spread under 1e-5 of its scale (at least 1, a logit's unit),
+# i.e. float32 rounding noise that gives no loss anything to follow.
+CONSTANT_RTOL = 1e-5
 
 
 class DistillTerm(nn.Module):
@@ -33,7 +38,8 @@ class DistillTerm(nn.Module):
         loss (dict): Loss config, e.g. ``dict(type='mmdist.DISTLoss')`` or
             ``dict(type='mmdist.FeatureMSELoss')``.
         name (str, optional): Log name; the loss is logged as
-            ``loss_<name>`` and its parts as ``<name>_<part>``. Defaults to
+            ``loss_<name>`` and its parts as ``loss_<name>.<part>``
+            (not added to the total again). Defaults to
             ``dist`` for DISTLoss and ``kd`` for KDLoss.
         resize_teacher (bool): Resize the teacher's ``(N, C, H, W)`` logits
             bilinearly to the student's size when they differ (e.g. a
@@ -89,6 +95,7 @@ class DistillTerm(nn.Module):
         # Counted per term: a healthy term must not reset a broken one's.
         self.nonfinite_in_a_row = 0
         self.nonfinite_total = 0
+        self.teacher_checked = False
 
     def attach(self, student: nn.Module,
                teacher: nn.Module) -> List[Recorder]:
@@ -217,7 +224,8 @@ class DistillTerm(nn.Module):
                data_samples: Optional[list],
                scale: float = 1.0) -> Dict[str, Tensor]:
         """``loss_<name>`` summed over the levels (times ``scale``) and the
-        loss's logged parts ``<name>_<part>``."""
+        loss's logged parts ``loss_<name>.<part>`` (see :meth:`part_key`).
+        """
         if self.connector is not None:
             check_connector_levels(
                 self.connector, len(students),
@@ -235,8 +243,60 @@ class DistillTerm(nn.Module):
             for key, value in level_parts.items():
                 parts[key] = parts.get(key, 0.) + value
         out = {f'loss_{self.name}': total * scale}
-        out.update({f'{self.name}_{k}': v * scale for k, v in parts.items()})
+        out.update({
+            self.part_key(k): v.detach() * scale
+            for k, v in parts.items()
+        })
         return out
+
+    def part_key(self, part: str) -> str:
+        """The log key of one part of the loss, ``loss_<name>.<part>``.
+
+        Named with ``loss`` so that MMEngine's default ``mean_pattern``
+        smooths it over the logging window like ``loss_<name>``, which the
+        parts sum to; :meth:`Distiller.parse_losses` keeps it out of the
+        total.
+        """
+        return f'loss_{self.name}.{part}'
+
+    def warn_if_teacher_constant(self, teachers: List[Tensor]) -> bool:
+        """Warn (once per term, through the current MMLogger) when the
+        teacher's output is constant, so that this term's loss cannot move
+        the student.
+
+        A random teacher in eval mode (RTMDet: logits of std 5e-7), a
+        zero-initialised head (ViT, DeiT) or BatchNorm at its initial
+        statistics (MobileNet, EfficientNet) gives such an output; DIST then
+        stays at exactly 2 and passes no gradient.
+
+        Args:
+            teachers (list[Tensor]): This step's float32 teacher levels.
+
+        Returns:
+            bool: Whether it warned (False after the first call).
+        """
+        if self.teacher_checked or not teachers:
+            return False
+        self.teacher_checked = True
+        with torch.no_grad():
+            std = max(float(t.std()) if t.numel() > 1 else 0.
+                      for t in teachers)
+            scale = max(float(t.abs().mean()) for t in teachers)
+            mean = float(teachers[0].mean())
+        if std > CONSTANT_RTOL * max(scale, 1.):
+            return False
+        levels = f' over {len(teachers)} levels' if len(teachers) > 1 else ''
+        print_log(
+            f'distillation term {self.name!r}: teacher {self.teacher_module} '
+            f'gives a constant output (std {std:.3g} around {mean:.4g}'
+            f'{levels}), so loss_{self.name} cannot '
+            'move the student (it stays at its value for a constant teacher, '
+            '2 for DIST). A teacher without trained weights gives this: a '
+            'random one, a zero-initialised head (ViT, DeiT) or BatchNorm at '
+            'its initial statistics; check teacher_ckpt.',
+            logger='current',
+            level=logging.WARNING)
+        return True
 
     def zero_loss(self, reference: Tensor) -> Dict[str, Tensor]:
         """A zero ``loss_<name>`` for a skipped step that still involves the

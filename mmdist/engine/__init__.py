@@ -9,8 +9,7 @@ from .preemption import PREEMPTED_EXIT_CODE, PreemptionHook, TrainingPreempted
 __all__ = ['CPUCompatibleDDP', 'cpu_launch_config', 'DistillWeightHook']
 __all__ += [
     'SafeCheckpointHook', 'CheckpointWriteError', 'PreemptionHook',
-    'PREEMPTED_EXIT_CODE', 'TrainingPreempted',
-    'ResumableEpochBasedTrainLoop', 'enable_fault_tolerance',
-    'FAULT_TOLERANCE_KEY',
-    'DivergenceGuardHook', 'TrainingDiverged'
+    'PREEMPTED_EXIT_CODE', 'TrainingPreempted', 'ResumableEpochBasedTrainLoop',
+    'enable_fault_tolerance', 'FAULT_TOLERANCE_KEY', 'DivergenceGuardHook',
+    'TrainingDiverged'
 ]

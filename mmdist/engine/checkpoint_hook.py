@@ -9,8 +9,7 @@ from mmengine.hooks import CheckpointHook
 from mmengine.runner import EpochBasedTrainLoop
 
 from mmdist.utils.atomic_io import atomic_write_text, temp_files
-from .divergence import (TrainingDiverged, last_checkpoint_note,
-                         nonfinite_weights)
+from .divergence import DivergenceGuardHook, nonfinite_weights, stop_diverged
 from .file_backend import atomic_backend_args
 from mmdist.registry import HOOKS
 from .resume import POINTER, find_resume_checkpoint, template_regex
@@ -149,18 +148,24 @@ class SafeCheckpointHook(CheckpointHook):
             iters (int): Training iterations done.
 
         Raises:
-            TrainingDiverged: Naming the weights and the last good
-                checkpoint.
+            TrainingDiverged: Naming the weights and the checkpoint to
+                restart from (see :func:`~mmdist.engine.divergence.
+                checkpoint_advice`).
         """
         weights = nonfinite_weights(runner.model)
         if not weights:
             return
-        message = (f'Training diverged: after {iters} training iterations '
-                   f'the weights are not finite ({", ".join(weights)}); '
-                   f'{filename} is not written and no checkpoint is '
-                   f'removed. {last_checkpoint_note(self.last_ckpt)}')
-        runner.logger.error(message)
-        raise TrainingDiverged(message)
+        guard = next((hook for hook in runner.hooks
+                      if isinstance(hook, DivergenceGuardHook)), None)
+        # The weights after `iters` iterations would give iteration
+        # iters + 1 a non-finite loss.
+        onset = guard.onset(iters + 1) if guard is not None else None
+        stop_diverged(
+            runner,
+            f'Training diverged: after {iters} training iterations the '
+            f'weights are not finite ({", ".join(weights)}); {filename} is '
+            'not written and no checkpoint is removed.', onset,
+            guard.losses if guard is not None else {})
 
     def _write(self, runner, filename: str, meta: dict) -> str:
         """Write one checkpoint, then ``last_checkpoint`` naming it.

@@ -49,8 +49,8 @@ def _restricted_getattr(obj, name: str):
         f'GLOBAL builtins.getattr refused for {obj!r}.{name}')
 
 
-def openmmlab_checkpoint_globals() -> List[Union[Callable, Tuple[Callable,
-                                                                 str]]]:
+def openmmlab_checkpoint_globals(
+) -> List[Union[Callable, Tuple[Callable, str]]]:
     """The globals MMEngine/OpenMMLab checkpoints carry besides tensors.
 
     Returns:
@@ -62,7 +62,11 @@ def openmmlab_checkpoint_globals() -> List[Union[Callable, Tuple[Callable,
     from numpy._core.multiarray import _reconstruct, scalar
 
     entries: list = [
-        HistoryBuffer, np.ndarray, np.dtype, _reconstruct, scalar,
+        HistoryBuffer,
+        np.ndarray,
+        np.dtype,
+        _reconstruct,
+        scalar,
         (_reconstruct, 'numpy.core.multiarray._reconstruct'),
         (scalar, 'numpy.core.multiarray.scalar'),
         (_restricted_getattr, 'builtins.getattr'),
@@ -149,8 +153,9 @@ _READ_ERRORS = (RuntimeError, EOFError, ValueError, KeyError, IndexError,
 
 def _refused_by_weights_only(error: Exception) -> bool:
     """Whether torch's ``weights_only`` unpickler raised ``error``."""
-    return isinstance(error, pickle.UnpicklingError) and (
-        'Weights only load failed' in str(error))
+    return isinstance(error,
+                      pickle.UnpicklingError) and ('Weights only load failed'
+                                                   in str(error))
 
 
 def _raise_read_error(filename: str, error: Exception) -> None:
@@ -262,7 +267,7 @@ def install_safe_checkpoint_loading() -> None:
     :func:`load_from_http`. Other schemes keep MMEngine's loaders.
     """
     torch.serialization.add_safe_globals(openmmlab_checkpoint_globals())
-    CheckpointLoader.register_scheme(prefixes='', loader=load_from_local,
-                                     force=True)
-    CheckpointLoader.register_scheme(prefixes=('http://', 'https://'),
-                                     loader=load_from_http, force=True)
+    CheckpointLoader.register_scheme(
+        prefixes='', loader=load_from_local, force=True)
+    CheckpointLoader.register_scheme(
+        prefixes=('http://', 'https://'), loader=load_from_http, force=True)

@@ -34,7 +34,7 @@ import os
 import os.path as osp
 import re
 import sys
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import yaml
 
@@ -50,9 +50,11 @@ METRICS = {
     'IoUMetric': ('mIoU', 'mIoU', 1.0, 2),
     'Accuracy': ('accuracy/top1', 'Top 1 Accuracy', 1.0, 2),
 }
-FOLDER_METRICS = {folder: METRICS[etype][1] for folder, etype in (
-    ('mmdet', 'CocoMetric'), ('mmseg', 'IoUMetric'),
-    ('mmpretrain', 'Accuracy'))}
+FOLDER_METRICS = {
+    folder: METRICS[etype][1]
+    for folder, etype in (('mmdet', 'CocoMetric'), ('mmseg', 'IoUMetric'),
+                          ('mmpretrain', 'Accuracy'))
+}
 FOLDER_DIGITS = {'mmdet': 1, 'mmseg': 2, 'mmpretrain': 2}
 # What does not define a run's result: config keys (dotted, ``*`` matches
 # any part) left out when a run's config is compared with its shipped
@@ -93,6 +95,12 @@ IGNORED = (
 NO_RESULT_HOOKS = ('PreemptionHook', 'DivergenceGuardHook')
 # Loops that train alike (tools/train.py swaps in the resumable one).
 EPOCH_LOOPS = ('EpochBasedTrainLoop', 'ResumableEpochBasedTrainLoop')
+# Keys that say which models a config trains and distils from (a plain
+# config's model is its student): named before the other differences.
+MODEL_KEYS = ('model.type', 'model.backbone', 'model.backbone.*',
+              'model.student.type', 'model.student.backbone',
+              'model.student.backbone.*', 'model.teacher', 'model.teacher.*',
+              'model.teacher_ckpt')
 # Differences shown in a table cell (all of them are printed for
 # --update-metafiles).
 SHOWN_DIFFERENCES = 4
@@ -104,8 +112,8 @@ class UnreadableRun(ValueError):
 
 def default_index() -> str:
     import mmdist
-    return osp.join(osp.dirname(osp.abspath(mmdist.__file__)), '.mim',
-                    'model-index.yml')
+    return osp.join(
+        osp.dirname(osp.abspath(mmdist.__file__)), '.mim', 'model-index.yml')
 
 
 # ---------------------------------------------------------------- the index
@@ -117,8 +125,7 @@ def index_root(index_path: str, imports: List[str]) -> str:
     for root in (folder, osp.dirname(folder)):
         if all(osp.isfile(osp.join(root, rel)) for rel in imports):
             return root
-    missing = [rel for rel in imports
-               if not osp.isfile(osp.join(folder, rel))]
+    missing = [rel for rel in imports if not osp.isfile(osp.join(folder, rel))]
     raise FileNotFoundError(
         f'{index_path} imports {missing}, found neither beside it nor in '
         'the folder above it')
@@ -180,12 +187,42 @@ def warn(message: str) -> None:
     print(f'warning: {message}', file=sys.stderr)
 
 
+def why_no_run(folder: str) -> str:
+    """Why a folder holds no run to report.
+
+    Args:
+        folder (str): A folder without ``*/vis_data/scalars.json``.
+
+    Returns:
+        str: That it is empty, that its runs stopped before logging (a
+        timestamp folder with a log or ``vis_data`` but no
+        ``scalars.json``), or that it holds no run at all.
+    """
+    if not os.listdir(folder):
+        return 'it is empty'
+    # What MMEngine writes as a run starts: <stamp>/<stamp>.log, vis_data/.
+    stamps = sorted({
+        osp.basename(osp.dirname(p))
+        for p in glob.glob(osp.join(folder, '*', '*.log')) +
+        glob.glob(osp.join(folder, '*', 'vis_data'))
+    })
+    if stamps:
+        runs = 'its runs' if len(stamps) > 1 else 'its run'
+        return (f'{runs} {", ".join(stamps)} wrote no vis_data/scalars.json '
+                '(stopped before logging anything?)')
+    return 'no <timestamp>/vis_data/scalars.json in it or its sub-folders'
+
+
 def find_work_dirs(paths: List[str]) -> List[str]:
-    """Work dirs among ``paths`` and their sub-folders (two levels)."""
+    """Work dirs among ``paths`` and their sub-folders (two levels).
+
+    A folder named, or met on the way, that holds no run is named in a
+    warning saying why (:func:`why_no_run`); the folders inside a work dir
+    (its timestamps) or inside a folder already named are not.
+    """
 
     def is_work_dir(path):
-        return bool(glob.glob(osp.join(path, '*', 'vis_data',
-                                       'scalars.json')))
+        return bool(glob.glob(osp.join(path, '*', 'vis_data', 'scalars.json')))
 
     found = []
     for path in paths:
@@ -193,9 +230,22 @@ def find_work_dirs(paths: List[str]) -> List[str]:
             raise FileNotFoundError(f'{path} is not a folder')
         candidates = [path] + sorted(glob.glob(osp.join(path, '*'))) + \
             sorted(glob.glob(osp.join(path, '*', '*')))
-        hits = [c for c in candidates if osp.isdir(c) and is_work_dir(c)]
+        folders = [c for c in candidates if osp.isdir(c)]
+        hits = [c for c in folders if is_work_dir(c)]
         if not hits:
-            warn(f'no MMEngine run found in {path}')
+            warn(f'no MMEngine run found in {path}: {why_no_run(path)}')
+            continue
+        # The folders that hold work dirs: a folder beside those work dirs
+        # that is none would otherwise be passed over without a word.
+        holders = {osp.normpath(path)} | {
+            osp.normpath(c)
+            for c in folders if any(h.startswith(c + os.sep) for h in hits)
+        }
+        for folder in folders:
+            if (folder not in hits and osp.normpath(folder) not in holders
+                    and osp.normpath(osp.dirname(folder)) in holders):
+                warn(f'no MMEngine run found in {folder}: '
+                     f'{why_no_run(folder)}')
         found += [h for h in hits if h not in found]
     return found
 
@@ -241,8 +291,7 @@ def config_name(work_dir: str, dumped: str) -> str:
     """The run's config name: the config copy MMEngine saves in the work
     dir (named after the original file); the one equal to the dumped config
     when there are several."""
-    copies = sorted(glob.glob(osp.join(work_dir, '*.py')),
-                    key=osp.getmtime)
+    copies = sorted(glob.glob(osp.join(work_dir, '*.py')), key=osp.getmtime)
     if not copies:
         return osp.splitext(osp.basename(work_dir.rstrip('/')))[0]
     with open(dumped) as f:
@@ -285,8 +334,9 @@ def read_run(work_dir: str) -> Optional[dict]:
     Raises:
         UnreadableRun: When that run cannot be reported, saying why.
     """
-    for run in sorted(glob.glob(osp.join(work_dir, '*', 'vis_data',
-                                         'scalars.json')), reverse=True):
+    for run in sorted(
+            glob.glob(osp.join(work_dir, '*', 'vis_data', 'scalars.json')),
+            reverse=True):
         vis = osp.dirname(run)
         stamp_dir = osp.dirname(vis)
         records = read_scalars(run)
@@ -305,11 +355,10 @@ def read_run(work_dir: str) -> Optional[dict]:
         etype = evaluator_type(cfg)
         key, label, scale, digits = METRICS.get(etype, (None, None, 1.0, 2))
         if key not in last:
-            key = next(k for k in last
-                       if k not in ('step', 'time', 'data_time'))
+            key = next(
+                k for k in last if k not in ('step', 'time', 'data_time'))
             label = key
-        by_epoch = cfg.train_cfg.get('by_epoch',
-                                     'max_epochs' in cfg.train_cfg)
+        by_epoch = cfg.train_cfg.get('by_epoch', 'max_epochs' in cfg.train_cfg)
         total = cfg.train_cfg.get('max_epochs' if by_epoch else 'max_iters')
         return dict(
             work_dir=work_dir,
@@ -342,6 +391,8 @@ def run_schedule(run: dict) -> str:
 
 
 def model_summary(model) -> str:
+    """``Type (Backbone-depth)`` of a model dict (``-arch`` for backbones
+    sized by ``arch``)."""
     if isinstance(model, str):
         return model
     if not isinstance(model, dict):
@@ -350,8 +401,46 @@ def model_summary(model) -> str:
     arch = str(backbone.get('type', ''))
     if 'depth' in backbone:
         arch += f'-{backbone["depth"]}'
+    elif isinstance(backbone.get('arch'), str):
+        arch += f'-{backbone["arch"]}'
     return f'{model.get("type", "?")} ({arch})' if arch else str(
         model.get('type', '?'))
+
+
+def model_parts(cfg: dict) -> Tuple[object, object, Optional[str]]:
+    """The student, the teacher (``None`` without one) and the teacher's
+    checkpoint of a config dict; a plain config's model is its student."""
+    from mmdist.utils import is_distiller
+    model = cfg.get('model') or {}
+    if not is_distiller(model):
+        return model, None, None
+    return model.get('student'), model.get('teacher'), model.get(
+        'teacher_ckpt')
+
+
+def describe_teacher(teacher, checkpoint: Optional[str]) -> str:
+    """``Type (Backbone-depth), <weights file>`` of a teacher.
+
+    Args:
+        teacher (str | dict | None): A distiller's ``teacher``: its config
+            path (read for the model it builds) or model dict.
+        checkpoint (str, optional): Its ``teacher_ckpt``.
+
+    Returns:
+        str: The summary, ``- (student alone)`` without a teacher; a config
+        that does not load here (a path of another machine) is named by its
+        file name.
+    """
+    if teacher is None:
+        return '- (student alone)'
+    from mmdist.distillers.teacher import load_teacher_config
+    try:
+        summary = model_summary(load_teacher_config(teacher).to_dict())
+    except Exception:  # whatever executing the teacher's config raises
+        summary = osp.basename(teacher) if isinstance(teacher, str) else '?'
+    weights = osp.basename(str(checkpoint)) if checkpoint else \
+        'random weights'
+    return f'{summary}, {weights}'
 
 
 def _data_roots(node, found: set) -> set:
@@ -403,8 +492,7 @@ def ignored(key: str) -> bool:
     """Whether a dotted key is among :data:`IGNORED` (or under one)."""
     return any(
         fnmatch.fnmatchcase(key, pattern)
-        or fnmatch.fnmatchcase(key, pattern + '.*')
-        for pattern, _ in IGNORED)
+        or fnmatch.fnmatchcase(key, pattern + '.*') for pattern, _ in IGNORED)
 
 
 def comparable(cfg: dict) -> Dict[str, object]:
@@ -433,28 +521,99 @@ def comparable(cfg: dict) -> Dict[str, object]:
     return {k: v for k, v in flatten(cfg, roots).items() if not ignored(k)}
 
 
+def names_model(key: str) -> bool:
+    """Whether a dotted key is among :data:`MODEL_KEYS`."""
+    return any(fnmatch.fnmatchcase(key, pattern) for pattern in MODEL_KEYS)
+
+
 def config_differences(used: dict, shipped: dict) -> List[str]:
     """``key: value (shipped value)`` for every setting that defines the
-    result and differs between two config dicts."""
+    result and differs between two config dicts; those of the models
+    (:data:`MODEL_KEYS`) first."""
     a, b = comparable(used), comparable(shipped)
     missing = '<absent>'
+    keys = sorted(set(a) | set(b), key=lambda k: (not names_model(k), k))
     return [
         f'{key}: {a.get(key, missing)!r} (shipped {b.get(key, missing)!r})'
-        for key in sorted(set(a) | set(b))
-        if a.get(key, missing) != b.get(key, missing)
+        for key in keys if a.get(key, missing) != b.get(key, missing)
     ]
 
 
-def recipe_differences(run: dict, entry: dict) -> List[str]:
-    """How the run's recipe differs from its shipped config's."""
+def _settings(node) -> Dict[str, object]:
+    """A config dict's part flattened, less what :data:`IGNORED` leaves
+    out."""
+    return {k: v for k, v in flatten(node, []).items() if not ignored(k)}
+
+
+def same_models(used: dict, shipped: dict) -> Tuple[bool, bool]:
+    """Whether two config dicts train the same student (type and backbone)
+    and distil from the same teacher (config and checkpoint)."""
+    student, teacher, ckpt = model_parts(used)
+    s_student, s_teacher, s_ckpt = model_parts(shipped)
+
+    def identity(model):
+        if not isinstance(model, dict):
+            return _settings(dict(model=model))
+        return _settings(
+            dict(type=model.get('type'), backbone=model.get('backbone')))
+
+    same_teacher = _settings(dict(t=teacher, c=ckpt)) == _settings(
+        dict(t=s_teacher, c=s_ckpt))
+    return identity(student) == identity(s_student), same_teacher
+
+
+def model_differences(used: dict, shipped: dict) -> List[str]:
+    """``student: ... (shipped ...)`` and ``teacher: ... (shipped ...)``
+    where two config dicts' models differ in type, backbone, depth or
+    teacher checkpoint: the differences to read first."""
+    same_student, same_teacher = same_models(used, shipped)
+    student, teacher, ckpt = model_parts(used)
+    s_student, s_teacher, s_ckpt = model_parts(shipped)
+    diffs = []
+    mine, theirs = model_summary(student), model_summary(s_student)
+    if not same_student and mine != theirs:
+        diffs.append(f'student: {mine} (shipped {theirs})')
+    if not same_teacher:
+        mine, theirs = describe_teacher(teacher, ckpt), describe_teacher(
+            s_teacher, s_ckpt)
+        if mine != theirs:
+            diffs.append(f'teacher: {mine} (shipped {theirs})')
+    return diffs
+
+
+def shipped_config(entry: dict) -> dict:
+    """The config dict of an index entry, its teacher path resolved."""
     from mmengine.config import Config
+
     from mmdist.utils import resolve_teacher_paths
-    shipped_cfg = Config.fromfile(entry['config_path'],
-                                  import_custom_modules=False)
+    shipped_cfg = Config.fromfile(
+        entry['config_path'], import_custom_modules=False)
     # As the tools do, so that the run's absolute teacher path compares.
     resolve_teacher_paths(shipped_cfg, entry['config_path'])
+    return shipped_cfg.to_dict()
+
+
+def recipe_differences(run: dict,
+                       entry: dict,
+                       shipped: Optional[dict] = None) -> List[str]:
+    """How the run's recipe differs from its shipped config's: another
+    student or teacher first (:func:`model_differences`), then every
+    setting (:func:`config_differences`).
+
+    Args:
+        run (dict): A run, as :func:`read_run` returns it.
+        entry (dict): Its entry of the model index.
+        shipped (dict, optional): The entry's config dict, when loaded
+            already (:func:`shipped_config`).
+
+    Returns:
+        list[str]: The differences, the models' first.
+    """
+    if shipped is None:
+        shipped = shipped_config(entry)
     used = run['cfg'].to_dict()
-    diffs = config_differences(used, shipped_cfg.to_dict())
+    diffs = model_differences(used, shipped) + config_differences(
+        used, shipped)
     batch = entry['model']['Metadata'].get('Batch Size')
     if batch is not None and run['world_size'] is not None:
         total = run['world_size'] * used['train_dataloader']['batch_size']
@@ -471,12 +630,18 @@ def table(rows: List[dict]) -> str:
             'reproduced')
     if any(row.get('work_dir') for row in rows):
         cols += ('work dir', )
-        rows = [dict(row, **{'work dir': row.get('work_dir') or '-'})
-                for row in rows]
-    lines = ['| ' + ' | '.join(cols) + ' |',
-             '| ' + ' | '.join('---' for _ in cols) + ' |']
+        rows = [
+            dict(row, **{'work dir': row.get('work_dir') or '-'})
+            for row in rows
+        ]
+    lines = [
+        '| ' + ' | '.join(cols) + ' |',
+        '| ' + ' | '.join('---' for _ in cols) + ' |'
+    ]
     for row in rows:
-        lines.append('| ' + ' | '.join(str(row[c]) for c in cols) + ' |')
+        # A `|` in a cell (a regex among the differences) would end it.
+        cells = [str(row[c]).replace('|', '\\|') for c in cols]
+        lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
 
 
@@ -521,43 +686,51 @@ def build_rows(runs: List[dict], entries: Dict[str, dict],
         if not run['finished']:
             unit = 'epoch' if run['by_epoch'] else 'iter'
             notes.append(f'at {unit} {run["step"]} of {run["total"]}')
+        used = run['cfg'].to_dict()
+        # The cells describe the models the run's own config trained with;
+        # the index's names only where they are the shipped config's.
+        student_part, teacher_part, ckpt = model_parts(used)
+        teacher = describe_teacher(teacher_part, ckpt)
+        student = model_summary(student_part)
         if entry is not None:
-            run['differences'] = recipe_differences(run, entry)
+            shipped = shipped_config(entry)
+            run['differences'] = recipe_differences(run, entry, shipped)
             if run['differences']:
                 notes.append('recipe differs from the config: ' +
                              summarise(run['differences']))
-            teacher, student, _ = entry_cells(entry)
+            same_student, same_teacher = same_models(used, shipped)
+            entry_teacher, entry_student, _ = entry_cells(entry)
+            teacher = entry_teacher if same_teacher else teacher
+            student = entry_student if same_student else student
         else:
             run['differences'] = []
-            model = run['cfg'].model
-            teacher = (model_summary(model.get('teacher'))
-                       if 'teacher' in model else '- (student alone)')
-            student = model_summary(model.get('student', model))
         value = f'{run["value"]:.{run["digits"]}f}'
-        rows.append(dict(
-            config=f'`{run["name"]}.py`',
-            teacher=teacher,
-            student=student,
-            schedule=run_schedule(run),
-            metric=run['metric'],
-            paper=paper_cell(entry),
-            reproduced=value + (f' ({"; ".join(notes)})' if notes else ''),
-            work_dir=run['work_dir']))
+        rows.append(
+            dict(
+                config=f'`{run["name"]}.py`',
+                teacher=teacher,
+                student=student,
+                schedule=run_schedule(run),
+                metric=run['metric'],
+                paper=paper_cell(entry),
+                reproduced=value + (f' ({"; ".join(notes)})' if notes else ''),
+                work_dir=run['work_dir']))
     if include_all:
         seen = {run['name'] for run in runs}
         for name, entry in entries.items():
             if name in seen:
                 continue
             teacher, student, metric = entry_cells(entry)
-            rows.append(dict(
-                config=f'`{name}.py`',
-                teacher=teacher,
-                student=student,
-                schedule=recipe_schedule(entry['model']['Metadata']),
-                metric=metric,
-                paper=paper_cell(entry),
-                reproduced=recorded_result(entry, metric),
-                work_dir=None))
+            rows.append(
+                dict(
+                    config=f'`{name}.py`',
+                    teacher=teacher,
+                    student=student,
+                    schedule=recipe_schedule(entry['model']['Metadata']),
+                    metric=metric,
+                    paper=paper_cell(entry),
+                    reproduced=recorded_result(entry, metric),
+                    work_dir=None))
     return rows
 
 
@@ -571,7 +744,10 @@ def write_metafile(path: str, meta: dict) -> None:
                 break
             header.append(line)
     text = ''.join(header) + yaml.safe_dump(
-        meta, sort_keys=False, default_flow_style=False, allow_unicode=True,
+        meta,
+        sort_keys=False,
+        default_flow_style=False,
+        allow_unicode=True,
         width=1000)
     tmp = f'{path}.tmp{os.getpid()}'
     with open(tmp, 'w') as f:
@@ -607,10 +783,12 @@ def update_metafiles(runs: List[dict], entries: Dict[str, dict]) -> int:
             entry = entries[run['name']]
             model = next(m for m in meta['Models']
                          if m['Config'] == entry['model']['Config'])
-            model['Results'] = [dict(
-                Task=TASKS.get(entry['folder'], entry['folder']),
-                Dataset=model['Metadata']['Training Data'],
-                Metrics={run['metric']: run['value']})]
+            model['Results'] = [
+                dict(
+                    Task=TASKS.get(entry['folder'], entry['folder']),
+                    Dataset=model['Metadata']['Training Data'],
+                    Metrics={run['metric']: run['value']})
+            ]
             written += 1
             print(f'written: {run["name"]}: {run["metric"]} {run["value"]} '
                   f'-> {path}')
@@ -622,12 +800,18 @@ def parse_args():
     parser = argparse.ArgumentParser(
         description='Print the results table of distillation runs.')
     parser.add_argument('work_dirs', nargs='*', help='MMEngine work dirs')
-    parser.add_argument('--index', help='model-index.yml (default: the '
-                        'installed mmdist package\'s)')
-    parser.add_argument('--all', action='store_true',
-                        help='also list the configs of the index not run')
-    parser.add_argument('--update-metafiles', action='store_true',
-                        help='write the runs\' metrics into the metafiles')
+    parser.add_argument(
+        '--index',
+        help='model-index.yml (default: the '
+        'installed mmdist package\'s)')
+    parser.add_argument(
+        '--all',
+        action='store_true',
+        help='also list the configs of the index not run')
+    parser.add_argument(
+        '--update-metafiles',
+        action='store_true',
+        help='write the runs\' metrics into the metafiles')
     parser.add_argument('--json', help='also write the rows to this file')
     return parser.parse_args()
 

@@ -14,11 +14,11 @@ STUDENT_CKPT is a distillation checkpoint or a plain student checkpoint.
 import argparse
 import json
 
-import mmdist  # noqa: F401
 from mmengine.config import Config, DictAction
 from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
 
+import mmdist  # noqa: F401
 from mmdist.analysis import measure_discrepancy
 from mmdist.utils.student import build_distiller_with_student
 
@@ -27,8 +27,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('config', help='distillation config')
     parser.add_argument('checkpoint', help='student checkpoint')
-    parser.add_argument('--split', default='val',
-                        choices=['train', 'val', 'test'])
+    parser.add_argument(
+        '--split', default='val', choices=['train', 'val', 'test'])
     parser.add_argument('--max-batches', type=int, default=None)
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
     parser.add_argument('--json', help='also write the result here')

@@ -34,38 +34,42 @@ import subprocess
 import sys
 from typing import Dict, List, Optional
 
-import mmdist  # noqa: F401  (registers mmdist, safe checkpoint loading)
 import torch
 import torch.nn.functional as F
 from mmengine.config import Config, DictAction
 from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
 
+import mmdist  # noqa: F401  (registers mmdist, safe checkpoint loading)
 from mmdist.losses.rows import as_rows
 from mmdist.utils import build_model, resolve_teacher_paths
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
-def evaluate_teacher(config: str, checkpoint: Optional[str],
-                     precision: str, work_dir: str,
-                     options: List[str]) -> Dict[str, float]:
+def evaluate_teacher(config: str, checkpoint: Optional[str], precision: str,
+                     work_dir: str, options: List[str]) -> Dict[str, float]:
     """``tools/test.py CONFIG --teacher`` with ``teacher_precision`` set;
     returns the metrics its test loop logged."""
     command = [sys.executable, osp.join(ROOT, 'tools', 'test.py'), config]
     if checkpoint:
         command.append(checkpoint)
-    command += ['--teacher', '--work-dir', work_dir, '--cfg-options',
-                f'model.teacher_precision={precision}', *options]
+    command += [
+        '--teacher', '--work-dir', work_dir, '--cfg-options',
+        f'model.teacher_precision={precision}', *options
+    ]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     # MMEngine's LoggerHook writes the test metrics to
     # <work_dir>/<timestamp>/<timestamp>.json.
-    logs = sorted(glob.glob(osp.join(work_dir, '*', '*.json')),
-                  key=osp.getmtime)
+    logs = sorted(
+        glob.glob(osp.join(work_dir, '*', '*.json')), key=osp.getmtime)
     with open(logs[-1]) as f:
         metrics = json.load(f)
-    return {k: v for k, v in metrics.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {
+        k: v
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
 
 
 def points(name: str, value: float) -> float:
@@ -88,8 +92,12 @@ def compare_rows(fast: torch.Tensor, ref: torch.Tensor, activation: str,
         kl = (pr * (F.logsigmoid(zr) - F.logsigmoid(zf)) + (1 - pr) *
               (F.logsigmoid(-zr) - F.logsigmoid(-zf))).sum(1)
     agree = (zf.argmax(1) == zr.argmax(1)).double()
-    return [float(kl.sum()), float(agree.sum()), kl.numel(),
-            float((fast.double() - ref.double()).abs().max())]
+    return [
+        float(kl.sum()),
+        float(agree.sum()),
+        kl.numel(),
+        float((fast.double() - ref.double()).abs().max())
+    ]
 
 
 def teacher_levels(term) -> List[torch.Tensor]:
@@ -121,8 +129,10 @@ def compare_outputs(cfg: Config, precision: str, split: str,
     distilled outputs against the float32 teacher's."""
     models = {p: build(cfg, p) for p in ('float32', precision)}
     reference, fast = models['float32'], models[precision]
-    terms = [t for t in reference.terms
-             if not t.teacher_module.startswith('roi_head.')]
+    terms = [
+        t for t in reference.terms
+        if not t.teacher_module.startswith('roi_head.')
+    ]
     totals = {t.name: [0.0, 0.0, 0, 0.0] for t in terms}
     loader = Runner.build_dataloader(cfg[f'{split}_dataloader'])
     for index, data in enumerate(loader):
@@ -158,11 +168,13 @@ def compare_outputs(cfg: Config, precision: str, split: str,
         kl, agree, rows, diff = totals[term.name]
         if hasattr(term.loss, 'activation'):
             result[term.name] = dict(
-                kl=kl / max(rows, 1), top1_agreement=agree / max(rows, 1),
-                rows=rows, max_abs_diff=diff)
+                kl=kl / max(rows, 1),
+                top1_agreement=agree / max(rows, 1),
+                rows=rows,
+                max_abs_diff=diff)
         else:
-            result[term.name] = dict(mse=kl / max(rows, 1), elements=rows,
-                                     max_abs_diff=diff)
+            result[term.name] = dict(
+                mse=kl / max(rows, 1), elements=rows, max_abs_diff=diff)
     result['form'] = fast.teacher_form.describe()
     return result
 
@@ -170,13 +182,15 @@ def compare_outputs(cfg: Config, precision: str, split: str,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('config', help='distillation config')
-    parser.add_argument('checkpoint', nargs='?',
-                        help="the teacher's weights (default: the config's "
-                        'teacher_ckpt)')
-    parser.add_argument('--precision', default='bf16',
-                        choices=['bf16', 'fp16'])
-    parser.add_argument('--split', default='test',
-                        choices=['train', 'val', 'test'])
+    parser.add_argument(
+        'checkpoint',
+        nargs='?',
+        help="the teacher's weights (default: the config's "
+        'teacher_ckpt)')
+    parser.add_argument(
+        '--precision', default='bf16', choices=['bf16', 'fp16'])
+    parser.add_argument(
+        '--split', default='test', choices=['train', 'val', 'test'])
     parser.add_argument('--max-batches', type=int, default=None)
     parser.add_argument('--work-dir', default='work_dirs/teacher_fidelity')
     parser.add_argument('--json', help='also write the result here')
@@ -185,8 +199,9 @@ def main() -> None:
 
     options = [f'{k}={v}' for k, v in (args.cfg_options or {}).items()]
     metrics = {
-        p: evaluate_teacher(args.config, args.checkpoint, p,
-                            osp.join(args.work_dir, p), options)
+        p:
+        evaluate_teacher(args.config, args.checkpoint, p,
+                         osp.join(args.work_dir, p), options)
         for p in ('float32', args.precision)
     }
     cfg = Config.fromfile(args.config)
@@ -222,8 +237,10 @@ def main() -> None:
                   f'{stats["max_abs_diff"]:.3g}')
     if args.json:
         with open(args.json, 'w') as f:
-            json.dump(dict(config=args.config, metrics=metrics,
-                           outputs=outputs), f, indent=2)
+            json.dump(
+                dict(config=args.config, metrics=metrics, outputs=outputs),
+                f,
+                indent=2)
 
 
 if __name__ == '__main__':

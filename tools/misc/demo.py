@@ -33,12 +33,12 @@ import shutil
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import mmdist  # noqa: F401  (registers mmdist, safe checkpoint loading)
 import numpy as np
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
 
+import mmdist  # noqa: F401  (registers mmdist, safe checkpoint loading)
 from mmdist.analysis import measure_discrepancy
 from mmdist.testing import make_cityscapes, make_coco_detection
 from mmdist.utils.student import build_distiller_with_student
@@ -48,39 +48,52 @@ DEMO_CONFIGS = osp.join(REPO, 'configs', 'demo')
 TASKS = {
     # teacher_iters: a detector trained from scratch needs about 1,000
     # iterations on this data to pass 0.3 bbox mAP (0.30 at 400 of 1,000).
-    'det': dict(metric='coco/bbox_mAP', metric_name='bbox mAP',
-                scope='mmdet', digits=3, teacher_iters=1000,
-                models='RetinaNet; student ResNet-18 (base width 16) with a '
-                '2-conv head of 64 channels, teacher ResNet-34 (base width '
-                '32) with a 4-conv head of 128 channels; both from scratch',
-                data='COCO layout, 5 shape classes, 128x128 images with up '
-                'to 6 shapes in random colours and sizes on a noisy '
-                'gradient; no clutter strokes and no occlusion (boxes do '
-                'not overlap), so that a detector trained from scratch on a '
-                'CPU learns it'),
-    'seg': dict(metric='mIoU', metric_name='mIoU', scope='mmseg', digits=2,
-                teacher_iters=500,
-                models='student FCN on a ResNetV1c-18 (base width 16), '
-                'teacher DeepLabV3 (ASPP head) on a ResNetV1c-34 (base width '
-                '32); both from scratch',
-                data='Cityscapes layout (labelTrainIds), 128x64 scenes of '
-                'four background bands under up to 8 shapes, with clutter '
-                'strokes and occlusion'),
+    'det':
+    dict(
+        metric='coco/bbox_mAP',
+        metric_name='bbox mAP',
+        scope='mmdet',
+        digits=3,
+        teacher_iters=1000,
+        models='RetinaNet; student ResNet-18 (base width 16) with a '
+        '2-conv head of 64 channels, teacher ResNet-34 (base width '
+        '32) with a 4-conv head of 128 channels; both from scratch',
+        data='COCO layout, 5 shape classes, 128x128 images with up '
+        'to 6 shapes in random colours and sizes on a noisy '
+        'gradient; no clutter strokes and no occlusion (boxes do '
+        'not overlap), so that a detector trained from scratch on a '
+        'CPU learns it'),
+    'seg':
+    dict(
+        metric='mIoU',
+        metric_name='mIoU',
+        scope='mmseg',
+        digits=2,
+        teacher_iters=500,
+        models='student FCN on a ResNetV1c-18 (base width 16), '
+        'teacher DeepLabV3 (ASPP head) on a ResNetV1c-34 (base width '
+        '32); both from scratch',
+        data='Cityscapes layout (labelTrainIds), 128x64 scenes of '
+        'four background bands under up to 8 shapes, with clutter '
+        'strokes and occlusion'),
 }
 # Bump when a generator's output changes, so that old data and the teacher
 # trained on it are not reused.
 DATA_VERSION = 2
 STUDENTS = ('student', 'kd', 'dist')
 VARIANTS = ('teacher', ) + STUDENTS
-LABELS = dict(teacher='teacher', student='student alone', kd='student + KD',
-              dist='student + DIST')
+LABELS = dict(
+    teacher='teacher',
+    student='student alone',
+    kd='student + KD',
+    dist='student + DIST')
 LOSS_KEYS = dict(kd='loss_kd', dist='loss_dist')
 # What each distillation loss measures: losses of different kinds get
 # panels of their own, never one axis.
 LOSS_KINDS = dict(kd='KL(teacher ‖ student), KD', dist='1 - Pearson, DIST')
 # One colour per variant in every plot (matplotlib's tab10 colours).
-COLORS = dict(teacher='#7f7f7f', student='#1f77b4', kd='#ff7f0e',
-              dist='#2ca02c')
+COLORS = dict(
+    teacher='#7f7f7f', student='#1f77b4', kd='#ff7f0e', dist='#2ca02c')
 
 
 def make_data(task: str, root: str, images: int) -> Tuple[str, str]:
@@ -107,14 +120,23 @@ def make_data(task: str, root: str, images: int) -> Tuple[str, str]:
             # No clutter strokes and no occlusion: a detector trained from
             # scratch for a few hundred iterations learns this well enough
             # to be a teacher worth distilling from.
-            make_coco_detection(folder, num_train=images,
-                                num_val=max(8, images // 4),
-                                size=(128, 128), max_objects=6, seed=0,
-                                clutter=False, occlusion=False)
+            make_coco_detection(
+                folder,
+                num_train=images,
+                num_val=max(8, images // 4),
+                size=(128, 128),
+                max_objects=6,
+                seed=0,
+                clutter=False,
+                occlusion=False)
         else:
-            make_cityscapes(folder, num_train=images,
-                            num_val=max(4, images // 8), size=(128, 64),
-                            max_objects=8, seed=0)
+            make_cityscapes(
+                folder,
+                num_train=images,
+                num_val=max(4, images // 8),
+                size=(128, 64),
+                max_objects=8,
+                seed=0)
         with open(marker, 'w') as f:
             f.write(tag)
     return folder + '/', tag
@@ -128,8 +150,13 @@ def read_text(path: str) -> str:
         return f.read()
 
 
-def demo_config(task: str, variant: str, data_root: str, work_dir: str,
-                iters: int, teacher_ckpt: str, seed: int = 0,
+def demo_config(task: str,
+                variant: str,
+                data_root: str,
+                work_dir: str,
+                iters: int,
+                teacher_ckpt: str,
+                seed: int = 0,
                 teacher_precision: Optional[str] = None) -> Config:
     """The demo config of one run, with its data, schedule and seed.
 
@@ -147,8 +174,12 @@ def demo_config(task: str, variant: str, data_root: str, work_dir: str,
     Returns:
         Config: The config to hand to ``Runner.from_cfg``.
     """
-    name = {'teacher': 'teacher', 'student': 'student', 'kd': 'student_kd',
-            'dist': 'student_dist'}[variant]
+    name = {
+        'teacher': 'teacher',
+        'student': 'student',
+        'kd': 'student_kd',
+        'dist': 'student_dist'
+    }[variant]
     cfg = Config.fromfile(osp.join(DEMO_CONFIGS, f'{task}_{name}.py'))
     cfg.work_dir = work_dir
     cfg.experiment_name = f'demo_{task}_{variant}_seed{seed}'
@@ -166,10 +197,14 @@ def demo_config(task: str, variant: str, data_root: str, work_dir: str,
     cfg.train_cfg.val_interval = max(1, iters // 5)
     warmup = max(1, iters // 10)
     cfg.param_scheduler = [
-        dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0,
-             end=warmup),
-        dict(type='CosineAnnealingLR', by_epoch=False, begin=warmup,
-             end=iters)
+        dict(
+            type='LinearLR',
+            start_factor=0.1,
+            by_epoch=False,
+            begin=0,
+            end=warmup),
+        dict(
+            type='CosineAnnealingLR', by_epoch=False, begin=warmup, end=iters)
     ]
     cfg.default_hooks.checkpoint.interval = iters
     cfg.default_hooks.logger.interval = max(1, iters // 15)
@@ -221,9 +256,13 @@ def run_result(task: str, variant: str, work_dir: str, iters: int,
     curve = [(s['step'], s[metric]) for s in scalars if metric in s]
     key = LOSS_KEYS.get(variant)
     loss = [(s['step'], s[key]) for s in scalars if key and key in s]
-    return dict(metric=curve[-1][1] if curve else float('nan'),
-                curve=curve, loss=loss, train_seconds=seconds, iters=iters,
-                checkpoint=osp.join(work_dir, f'iter_{iters}.pth'))
+    return dict(
+        metric=curve[-1][1] if curve else float('nan'),
+        curve=curve,
+        loss=loss,
+        train_seconds=seconds,
+        iters=iters,
+        checkpoint=osp.join(work_dir, f'iter_{iters}.pth'))
 
 
 def teacher_iters(task: str, args: argparse.Namespace) -> int:
@@ -245,8 +284,10 @@ def train_teacher(task: str, data_root: str, data_tag: str, base: str,
     record = osp.join(work_dir, 'record.json')
     wanted = dict(data=data_tag, iters=iters)
     previous = json.loads(read_text(record) or '{}')
-    if (osp.isfile(ckpt) and not args.retrain_teacher
-            and {k: previous.get(k) for k in wanted} == wanted):
+    if (osp.isfile(ckpt) and not args.retrain_teacher and {
+            k: previous.get(k)
+            for k in wanted
+    } == wanted):
         print(f'[{task}] reusing the trained teacher {ckpt}')
         seconds = previous['seconds']
     else:
@@ -259,8 +300,7 @@ def train_teacher(task: str, data_root: str, data_tag: str, base: str,
 
 
 def run_seed(task: str, seed: int, data_root: str, base: str,
-             teacher_ckpt: str,
-             args: argparse.Namespace) -> Dict[str, dict]:
+             teacher_ckpt: str, args: argparse.Namespace) -> Dict[str, dict]:
     """Train and measure the three students of one seed.
 
     Returns:
@@ -381,8 +421,9 @@ def compare(results: dict, a: str, b: str, spec: dict) -> str:
     spread = ra['metric_std'] + rb['metric_std']
     verdict = ('more than the spread' if abs(diff) > spread else
                'within the spread, so not told apart from seed noise')
-    paired = [x['metric'] - y['metric']
-              for x, y in zip(ra['seeds'], rb['seeds'])]
+    paired = [
+        x['metric'] - y['metric'] for x, y in zip(ra['seeds'], rb['seeds'])
+    ]
     _, paired_std = mean_std(paired)
     ahead = sum(p > 0 for p in paired)
     return (text + f', {verdict} (sum of the std: {spread:.{d}f}); per '
@@ -407,12 +448,15 @@ def figures(task: str, results: dict, spec: dict) -> dict:
 
     def draw(ax, variant, points, spread, label):
         steps, values = (np.array(v) for v in zip(*points))
-        ax.plot(steps, values, marker='o', label=label,
-                color=COLORS[variant])
+        ax.plot(steps, values, marker='o', label=label, color=COLORS[variant])
         if seeds > 1:
             stds = np.array([s for _, s in spread])
-            ax.fill_between(steps, values - stds, values + stds,
-                            color=COLORS[variant], alpha=0.2)
+            ax.fill_between(
+                steps,
+                values - stds,
+                values + stds,
+                color=COLORS[variant],
+                alpha=0.2)
 
     out = {}
     fig, ax = plt.subplots(figsize=(8, 4))
@@ -420,8 +464,11 @@ def figures(task: str, results: dict, spec: dict) -> dict:
         if results[variant]['curve']:
             draw(ax, variant, results[variant]['curve'],
                  results[variant]['curve_std'], LABELS[variant])
-    ax.axhline(results['teacher']['metric'], color=COLORS['teacher'],
-               linestyle='--', label=LABELS['teacher'])
+    ax.axhline(
+        results['teacher']['metric'],
+        color=COLORS['teacher'],
+        linestyle='--',
+        label=LABELS['teacher'])
     ax.set_xlabel('iteration')
     ax.set_ylabel(f'validation {spec["metric_name"]}')
     ax.set_title(f'{task}: validation {spec["metric_name"]}{band}')
@@ -432,8 +479,8 @@ def figures(task: str, results: dict, spec: dict) -> dict:
 
     variants = [v for v in LOSS_KEYS if results[v]['loss']]
     if variants:
-        fig, axes = plt.subplots(1, len(variants), squeeze=False,
-                                 figsize=(5 * len(variants), 4))
+        fig, axes = plt.subplots(
+            1, len(variants), squeeze=False, figsize=(5 * len(variants), 4))
         for ax, variant in zip(axes[0], variants):
             draw(ax, variant, results[variant]['loss'],
                  results[variant]['loss_std'], LABELS[variant])
@@ -487,8 +534,8 @@ def table(task: str, results: dict, spec: dict) -> str:
         lines.append(row)
     lines.append('')
     lines.append('; '.join(
-        compare(results, 'dist', other, spec) for other in ('kd', 'student'))
-        + '.')
+        compare(results, 'dist', other, spec)
+        for other in ('kd', 'student')) + '.')
     return '\n'.join(lines)
 
 
@@ -497,18 +544,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--task', default='all', choices=['det', 'seg', 'all'])
     parser.add_argument('--iters', type=int, default=250)
-    parser.add_argument('--images', type=int, default=400,
-                        help='training images per data set')
-    parser.add_argument('--teacher-iters', type=int, default=None,
-                        help='teacher schedule (default: 1000 for det, 500 '
-                        'for seg); the students share --iters')
-    parser.add_argument('--seeds', type=int, default=1,
-                        help='train the three students with seeds 0..N-1 '
-                        'and report mean and std (one teacher for all)')
+    parser.add_argument(
+        '--images', type=int, default=400, help='training images per data set')
+    parser.add_argument(
+        '--teacher-iters',
+        type=int,
+        default=None,
+        help='teacher schedule (default: 1000 for det, 500 '
+        'for seg); the students share --iters')
+    parser.add_argument(
+        '--seeds',
+        type=int,
+        default=1,
+        help='train the three students with seeds 0..N-1 '
+        'and report mean and std (one teacher for all)')
     parser.add_argument('--work-dir', default='work_dirs/demo')
     parser.add_argument('--retrain-teacher', action='store_true')
     parser.add_argument(
-        '--teacher-precision', choices=['float32', 'bf16'], default=None,
+        '--teacher-precision',
+        choices=['float32', 'bf16'],
+        default=None,
         help="the students' teacher form (default: the demo configs', "
         "'bf16'; float32 on a CPU without bf16)")
     args = parser.parse_args()
@@ -520,9 +575,11 @@ def main() -> None:
     report = {}  # this run's tasks only
     start = time.perf_counter()
     for task in tasks:
-        report[task] = dict(iters=args.iters, images=args.images,
-                            seeds=args.seeds,
-                            results=run_task(task, args))
+        report[task] = dict(
+            iters=args.iters,
+            images=args.images,
+            seeds=args.seeds,
+            results=run_task(task, args))
     total = time.perf_counter() - start
 
     sections = []
@@ -558,8 +615,9 @@ def main() -> None:
         f.write(text)
     print('\n' + text)
     print(f'report: {osp.join(args.work_dir, "report.md")}')
-    if not all(np.isfinite(s['metric']) for t in tasks
-               for v in VARIANTS for s in report[t]['results'][v]['seeds']):
+    if not all(
+            np.isfinite(s['metric']) for t in tasks for v in VARIANTS
+            for s in report[t]['results'][v]['seeds']):
         raise SystemExit('a metric is missing or not finite')
 
 

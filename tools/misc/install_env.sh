@@ -55,7 +55,7 @@ else
   wheel=$(ls "$MMCV_DIR"/mmcv-"$MMCV_VERSION"-*.whl 2>/dev/null | head -n 1 || true)
   if [ -z "$wheel" ]; then
     step "building mmcv $MMCV_VERSION with compiled ops for $TORCH_KEY"
-    echo "    This takes about 9.5 minutes on 2 cores the first time; the wheel is kept in $MMCV_DIR."
+    echo "    This takes ten minutes or so the first time; the wheel is kept in $MMCV_DIR."
     src=$(mktemp -d)
     pip download -q --no-deps --no-binary :all: "mmcv==$MMCV_VERSION" -d "$src"
     tar -xzf "$src"/mmcv-"$MMCV_VERSION".tar.gz -C "$src"

@@ -17,10 +17,10 @@ output is the ``distill_terms=[...]`` block to paste into a config and edit.
 import argparse
 import copy
 
-import mmdist  # noqa: F401
 from mmengine.config import Config, DictAction
 from mmengine.registry import MODELS, DefaultScope
 
+import mmdist  # noqa: F401
 from mmdist.distillers import load_teacher_config
 from mmdist.distillers.expand import expand_terms, format_terms
 from mmdist.testing import strip_pretrained
@@ -48,9 +48,11 @@ def build_pair(cfg: Config):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('config', help='distillation or model config')
-    parser.add_argument('--head', default=None,
-                        help='slot for a model config (bbox_head, roi_head, '
-                        'decode_head, auxiliary_head, head); default: all')
+    parser.add_argument(
+        '--head',
+        default=None,
+        help='slot for a model config (bbox_head, roi_head, '
+        'decode_head, auxiliary_head, head); default: all')
     parser.add_argument('--loss-type', default='mmdist.DISTLoss')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
     args = parser.parse_args()

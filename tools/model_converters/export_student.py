@@ -11,9 +11,9 @@ atomically: an interrupted export leaves no partial file.
 import argparse
 import os.path as osp
 
-import mmdist  # noqa: F401  (safe checkpoint loading)
 from mmengine.runner.checkpoint import _load_checkpoint
 
+import mmdist  # noqa: F401  (safe checkpoint loading)
 from mmdist.utils.atomic_io import atomic_save
 from mmdist.utils.student import STUDENT_PREFIX, student_state_dict
 
