@@ -102,7 +102,8 @@ def test_logged_parts_add_up_under_the_default_log_processor():
     for seed in range(3):
         torch.manual_seed(seed)
         steps.append(
-            train_step(model, det_batch(size=(96, 96), items=1 + seed)))
+            train_step(model, det_batch(num_classes=2, size=(96, 96),
+                                        items=1 + seed)))
     # The steps differ: a part logged as its latest value would not add up
     # to a loss smoothed over the window.
     assert len({round(float(s['loss_dist']), 4) for s in steps}) == 3

@@ -383,9 +383,18 @@ def skip_reason(command: str) -> Optional[str]:
     return None
 
 
-SHELL_COMMANDS = [(f'{name}#{i}', command)
-                  for name, body in blocks_of(('shell', 'bash', 'sh'))
-                  for i, command in enumerate(commands(body), 1)]
+def unique_commands() -> List[Tuple[str, str]]:
+    """Every command of the docs once (by its first place), in order."""
+    seen, out = set(), []
+    for name, body in blocks_of(('shell', 'bash', 'sh')):
+        for i, command in enumerate(commands(body), 1):
+            if command not in seen:
+                seen.add(command)
+                out.append((f'{name}#{i}', command))
+    return out
+
+
+SHELL_COMMANDS = unique_commands()
 
 
 def shell_params():

@@ -184,6 +184,15 @@ def _onset_words(onset: int, losses: Dict[int, float]) -> str:
             f'{value:.4g}) until it was not finite')
 
 
+def _loss_note(iters: int, losses: Dict[int, float]) -> str:
+    """The loss that a checkpoint's weights gave, when recorded."""
+    loss = losses.get(iters + 1)
+    if loss is None:
+        return ''
+    return (f'; the loss computed from its weights at iteration {iters + 1} '
+            f'was {loss:.4g}')
+
+
 def checkpoint_advice(runner, onset: Optional[int],
                       losses: Dict[int, float]) -> Tuple[str, Optional[str]]:
     """Which checkpoint of a diverged run to restart from, truthfully.
@@ -216,32 +225,26 @@ def checkpoint_advice(runner, onset: Optional[int],
                 'mmdist.DivergenceGuardHook recorded the losses.'), None
     good = [(k, p) for k, p in found if k + 1 < onset]
     late = [(k, p) for k, p in found if k + 1 >= onset]
+    began = _onset_words(onset, losses)
     notes = []
     if late:
         iters, path = late[0]
-        loss = losses.get(iters + 1)
-        loss_note = (f'; the loss computed from its weights at iteration '
-                     f'{iters + 1} was {loss:.4g}' if loss is not None else '')
         notes.append(
             f'{path} (after iteration {iters}) was written after the '
-            f'divergence began ({_describe(path)}{loss_note}): resuming '
-            'from it diverges again.')
+            f'divergence began ({_describe(path)}'
+            f'{_loss_note(iters, losses)}): resuming from it diverges again.')
     if not good:
         where = (f' left in {osp.dirname(found[0][1])}' if found else '')
         notes.append(
-            f'No checkpoint{where} predates the divergence '
-            f'({_onset_words(onset, losses)}): restart from scratch with a '
-            'lower learning rate.')
+            f'No checkpoint{where} predates the divergence ({began}): '
+            'restart from scratch with a lower learning rate.')
         return ' '.join(notes), None
     iters, path = good[0]
-    loss = losses.get(iters + 1)
-    loss_note = (f'; the loss computed from its weights at iteration '
-                 f'{iters + 1} was {loss:.4g}' if loss is not None else '')
     notes.append(
-        f'The last checkpoint before the divergence '
-        f'({_onset_words(onset, losses)}) is {path} (after iteration '
-        f'{iters}; {_describe(path)}{loss_note}). Restart from its weights with a '
-        f'fresh optimizer and schedule at a lower learning rate: '
+        f'The last checkpoint before the divergence ({began}) is {path} '
+        f'(after iteration {iters}; {_describe(path)}'
+        f'{_loss_note(iters, losses)}). Restart from its weights with a '
+        'fresh optimizer and schedule at a lower learning rate: '
         f'load_from={path} resume=False (--resume would restore the '
         "optimizer's and the schedule's state, and the old learning rate "
         'with them).')
@@ -332,8 +335,9 @@ class DivergenceGuardHook(Hook):
         while True:
             value = losses.get(onset - 1)
             window = [
-                losses[i] for i in range(onset - 1 - self.GROWTH_WINDOW,
-                                         onset - 1) if i in losses
+                losses[i]
+                for i in range(onset - 1 - self.GROWTH_WINDOW, onset - 1)
+                if i in losses
             ]
             # NaN compares False: an earlier non-finite loss ends the run.
             if value is None or not math.isfinite(value) or not window or (
