@@ -143,7 +143,8 @@ def stub_runner(model, name):
 
 def test_guard_counts_nonfinite_losses_in_a_row():
     """A NaN loss with finite weights counts; a finite loss resets the
-    count; the stop names the iterations and the last good checkpoint."""
+    count; the stop names the iterations and how the divergence began
+    (a runner without a checkpoint hook has no checkpoint to advise)."""
     model = torch.nn.Linear(2, 1)
     runner = stub_runner(model, 'guard_count')
     runner.message_hub.update_info('last_ckpt', 'work/iter_2.pth')
@@ -157,8 +158,10 @@ def test_guard_counts_nonfinite_losses_in_a_row():
     with pytest.raises(TrainingDiverged,
                        match=r'not finite \(nan\) in 3 iteration\(s\) in a '
                        r'row \(iterations 5 to 7\) and the weights are still '
-                       r'finite\. Stopped after iteration 7.*last good '
-                       r'checkpoint is work/iter_2\.pth'):
+                       r'finite\. Stopped after iteration 7.*No '
+                       r'checkpoint predates the divergence \(the weights '
+                       r'after iteration 4 gave the loss nan at iteration '
+                       r'5\)'):
         hook.after_train_iter(runner, 6, outputs=dict(loss=torch.tensor(
             math.nan)))
 
@@ -172,7 +175,7 @@ def test_guard_stops_at_once_on_nonfinite_weights():
     runner.iter = 3
     with pytest.raises(TrainingDiverged,
                        match=r'\(iteration 4\) and the weights are not '
-                       r'finite \(weight\).*No checkpoint of this run'):
+                       r'finite \(weight\).*No checkpoint predates'):
         hook.after_train_iter(runner, 3, outputs=dict(loss=torch.tensor(
             math.nan)))
     with pytest.raises(ValueError, match='max_nonfinite_iters'):
@@ -326,7 +329,7 @@ def test_loss_scaler_skips_do_not_count(tmp_path):
 def test_diverged_run_stops_and_keeps_the_good_checkpoint(tmp_path):
     """lr jumps to inf at iteration 3: the checkpoint of iteration 3 is
     not written, iter_2.pth (max_keep_ckpts=1) is kept, and the run stops
-    with an error naming it."""
+    with an error advising a restart from its weights."""
     runner = toy_train(
         tmp_path, ToyData(), max_iters=8,
         param_scheduler=dict(type='MultiStepLR', by_epoch=False,
@@ -335,8 +338,11 @@ def test_diverged_run_stops_and_keeps_the_good_checkpoint(tmp_path):
                        match=r'after 3 training iterations the weights are '
                        r'not finite \(linear\.[a-z, .]*\); '
                        r'iter_3\.pth is not written and no checkpoint is '
-                       r'removed\. The last good checkpoint is '
-                       r'.*iter_2\.pth'):
+                       r'removed\. The last checkpoint before the '
+                       r'divergence \(the weights after iteration 3 are not '
+                       r'finite\) is .*iter_2\.pth \(after iteration 2; '
+                       r'finite weights.*load_from=.*iter_2\.pth '
+                       r'resume=False'):
         runner.train()
     assert sorted(p.name for p in tmp_path.glob('*.pth')) == ['iter_2.pth']
     assert (tmp_path / 'last_checkpoint').read_text().endswith('iter_2.pth')
@@ -352,7 +358,7 @@ def test_guard_stops_a_nan_run_between_checkpoints(tmp_path):
                        checkpoint_interval=100)
     with pytest.raises(TrainingDiverged,
                        match=r'\(iteration 2\) and the weights are not '
-                       r'finite .*No checkpoint of this run was written'):
+                       r'finite .*No checkpoint predates the divergence'):
         runner.train()
     assert runner.iter == 1
     assert not list(tmp_path.glob('*.pth'))

@@ -19,7 +19,8 @@ from mmengine.runner import Runner
 import mmdist  # noqa: F401  (registers mmdist, safe checkpoint loading)
 from mmdist.engine import cpu_launch_config
 from mmdist.utils import is_distiller, resolve_teacher_paths, student_config
-from mmdist.utils.student import (is_distillation_checkpoint,
+from mmdist.utils.student import (distillation_checkpoint_note,
+                                  is_distillation_checkpoint,
                                   load_student_weights)
 
 
@@ -74,9 +75,9 @@ def main() -> None:
         if args.checkpoint is not None:
             if is_distillation_checkpoint(args.checkpoint):
                 raise SystemExit(
-                    f'{args.checkpoint} is a distillation checkpoint (its '
-                    'weights are the student\'s, student.*); --teacher '
-                    'evaluates the teacher\'s own weights (teacher_ckpt, '
+                    f'{distillation_checkpoint_note(args.checkpoint)}; '
+                    '--teacher evaluates the teacher\'s own weights '
+                    '(teacher_ckpt, '
                     f'{cfg.model.get("teacher_ckpt")!r} in this config): give '
                     'no checkpoint or the teacher\'s, or drop --teacher to '
                     'evaluate the student of this checkpoint')

@@ -80,7 +80,7 @@ def restart_command(args: argparse.Namespace, work_dir: str,
         options += [f'load_from={restart_from}', 'resume=False']
     if has_lr:
         options.append(f'{LR_KEY}={NEW_LR}')
-    argv = [sys.argv[0], args.config, '--work-dir', new_dir]
+    argv = [args.script, args.config, '--work-dir', new_dir]
     argv += ['--amp'] if args.amp else []
     argv += ['--auto-scale-lr'] if args.auto_scale_lr else []
     argv += ['--no-fault-tolerance'] if args.no_fault_tolerance else []
@@ -166,6 +166,7 @@ def parse_args() -> argparse.Namespace:
         help='job launcher')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args()
+    args.script = sys.argv[0]  # as typed, for the restart command
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     return args
 

@@ -6,6 +6,7 @@ from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
+from mmengine.device import get_device
 from mmengine.logging import print_log
 from mmengine.model import BaseModel
 from torch import Tensor, nn
@@ -13,7 +14,7 @@ from torch import Tensor, nn
 from mmdist.registry import MODELS
 from .adapters import TeacherPlan
 from .expand import expand_terms
-from .fast_form import PRECISIONS, to_float32
+from .fast_form import PRECISIONS, resolve_precision, to_float32
 from .pixels import InputRenormaliser
 from .recorder import Recorder
 from .teacher import build_frozen_teacher, make_fast_teacher
@@ -99,6 +100,11 @@ class Distiller(BaseModel):
                  predict_with: str = 'student',
                  data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None) -> None:
+        teacher_precision = self._precision(teacher_precision,
+                                            teacher_autocast)
+        # Refused precisions (fp16 on a CPU) fail before the models are
+        # built and the teacher's weights are read.
+        resolve_precision(teacher_precision, get_device())
         student = copy.deepcopy(dict(student))
         if student.get('data_preprocessor') is None and data_preprocessor:
             # What MMEngine's Runner does for the model it builds.
@@ -117,8 +123,6 @@ class Distiller(BaseModel):
                                              frozen.data_preprocessor)
         print_log(f'teacher input: {self.renormalise.describe()}',
                   logger='current')
-        teacher_precision = self._precision(teacher_precision,
-                                            teacher_autocast)
         if predict_with not in ('student', 'teacher'):
             raise ValueError("predict_with must be 'student' or 'teacher', "
                              f'got {predict_with!r}')
@@ -311,8 +315,7 @@ class Distiller(BaseModel):
                 self.student.parameters()).new_tensor(self.distill_weight)
         return losses
 
-    def parse_losses(
-            self, losses: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, Tensor]]:
+    def parse_losses(self, losses: Dict[str, Tensor]) -> Tuple[Tensor, dict]:
         """MMEngine's ``parse_losses``, except that the logged parts of the
         terms (``loss_<name>.inter``) are not added to the total again.
 
@@ -334,12 +337,13 @@ class Distiller(BaseModel):
             for key, value in losses.items()
             if '.' in key and key.rsplit('.', 1)[0] in totals
         }
-        total, log_vars = super().parse_losses(
-            {k: v for k, v in losses.items() if k not in parts})
+        kept = {k: v for k, v in losses.items() if k not in parts}
+        total, log_vars = super().parse_losses(kept)
         ordered = OrderedDict(loss=log_vars.pop('loss'))
         for key in losses:
-            ordered[key] = (parts[key].detach().mean()
-                            if key in parts else log_vars.pop(key))
+            ordered[key] = (
+                parts[key].detach().mean()
+                if key in parts else log_vars.pop(key))
         return total, ordered
 
     def _check_teacher(self,
@@ -359,9 +363,7 @@ class Distiller(BaseModel):
         if accuracy is None:
             return {}
         # Percent: the unit of the accuracies logged beside it (acc_seg).
-        return {
-            'teacher_acc': records[0].new_tensor(100. * accuracy).float()
-        }
+        return {'teacher_acc': records[0].new_tensor(100. * accuracy).float()}
 
     def _term_losses(self, term: DistillTerm,
                      data_samples: Optional[list]) -> Dict[str, Tensor]:

@@ -348,8 +348,7 @@ def expand_short(term: dict, student: nn.Module,
                 stage_suffix = f'_s{i}' if len(s_stages) > 1 else ''
                 terms += _pair_stage(s_stages[i], t_stages[j], student,
                                      teacher, slot, loss, term,
-                                     base + head_suffix + stage_suffix,
-                                     notes)
+                                     base + head_suffix + stage_suffix, notes)
     if not terms:
         raise ValueError('the short distillation term found no class logits '
                          'to distil in the student and teacher '
@@ -405,9 +404,9 @@ def _unpaired_notes(s_by_index: Dict[int, List[LogitsSite]],
     head has no counterpart for (a distilled DeiT's ``head_dist`` beside a
     one-head student), which the short form leaves out."""
     notes = []
-    for owner, own, other, partner in (
-            ('student', s_by_index, t_by_index, 'teacher'),
-            ('teacher', t_by_index, s_by_index, 'student')):
+    sides = (('student', s_by_index, t_by_index, 'teacher'),
+             ('teacher', t_by_index, s_by_index, 'student'))
+    for owner, own, other, partner in sides:
         if not other:
             continue
         family = next(iter(other.values()))[0].family.name

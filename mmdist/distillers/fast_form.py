@@ -49,8 +49,10 @@ FP16_ON_CPU = (
     "teacher_precision='fp16' is refused on a CPU: CPU convolutions and "
     'matrix products have no fast fp16 kernels (fp16 autocast runs slower '
     "than float32 there) and fp16's range (largest value 65504) can overflow "
-    "a teacher's activations; use 'bf16', which keeps float32's range and "
-    'runs on AVX512-BF16/AMX units.')
+    "a teacher's activations; use 'bf16', which keeps float32's range: it "
+    'runs in bf16 on CPUs with AVX512-BF16 or AMX units, and on a CPU '
+    'without them the teacher runs in float32 (one log line says so) unless '
+    'MMDIST_BF16=1 forces bf16, emulated and no faster than float32.')
 
 
 #: Environment variable that overrides the bf16 capability check: ``0``

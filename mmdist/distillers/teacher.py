@@ -5,7 +5,8 @@ import copy
 import logging
 import os
 import os.path as osp
-from typing import Callable, Optional, Sequence, Union
+import re
+from typing import Callable, List, Optional, Sequence, Union
 
 import torch
 from mmengine.config import Config, ConfigDict
@@ -13,10 +14,12 @@ from mmengine.device import get_device
 from mmengine.logging import print_log
 from mmengine.model import revert_sync_batchnorm
 from mmengine.registry import DefaultScope
-from mmengine.runner.checkpoint import load_checkpoint
+from mmengine.runner.checkpoint import (_load_checkpoint,
+                                        _load_checkpoint_to_model)
 from torch import nn
 
 from mmdist.registry import MODELS
+from mmdist.utils.student import STUDENT_PREFIX, distillation_checkpoint_note
 from .fast_form import TeacherForm, make_fast, resolve_precision
 
 
@@ -112,6 +115,98 @@ def init_random_teacher(model: nn.Module) -> None:
         model.init_weights()
 
 
+def _teacher_name(teacher: Union[str, dict]) -> str:
+    """The teacher's config, in words."""
+    if isinstance(teacher, str):
+        return f'the teacher config {teacher!r}'
+    return f'the teacher model dict (type={teacher.get("type")!r})'
+
+
+def _examples(names: list, limit: int = 3) -> str:
+    """``'a, b, c and 4 more'``."""
+    shown = ', '.join(str(n) for n in names[:limit])
+    more = len(names) - limit
+    return f'{shown} and {more} more' if more > 0 else shown
+
+
+def checkpoint_mismatch(model: nn.Module, state: dict) -> List[str]:
+    """How a state dict differs from a model's, as strict loading judges.
+
+    Args:
+        model (nn.Module): The model.
+        state (dict): The weights to load (``module.`` prefixes removed).
+
+    Returns:
+        list[str]: One phrase per kind of difference (unexpected keys,
+        missing keys, size mismatch), with counts and examples; empty when
+        the state dict fits.
+    """
+    own = model.state_dict()
+    unexpected = [k for k in state if k not in own]
+    # MMEngine's strict loading forgives missing BatchNorm counters.
+    missing = [
+        k for k in own if k not in state and 'num_batches_tracked' not in k
+    ]
+    shapes = [
+        f'{k}: {tuple(state[k].shape)} in the file, {tuple(v.shape)} in '
+        'the teacher' for k, v in own.items() if k in state
+        and isinstance(state[k], torch.Tensor) and state[k].shape != v.shape
+    ]
+    problems = []
+    if unexpected:
+        problems.append(f'unexpected keys (in the file, not in the '
+                        f'teacher): {len(unexpected)}, e.g. '
+                        f'{_examples(unexpected)}')
+    if missing:
+        problems.append(f'missing keys (in the teacher, not in the file): '
+                        f'{len(missing)}, e.g. {_examples(missing)}')
+    if shapes:
+        problems.append(f'size mismatch: {len(shapes)}, e.g. '
+                        f'{_examples(shapes, 2)}')
+    return problems
+
+
+def load_teacher_checkpoint(model: nn.Module, checkpoint: str,
+                            teacher: Union[str, dict]) -> None:
+    """Load ``teacher_ckpt`` strictly, or say which file does not fit which
+    teacher and why.
+
+    Args:
+        model (nn.Module): The teacher built from ``teacher``.
+        checkpoint (str): Local path or URL of its weights.
+        teacher (str | dict): The teacher's config path or model dict (named
+            in the error).
+
+    Raises:
+        RuntimeError: When the weights do not fit the teacher: the config,
+            the file, counts and examples of the differing keys, and, for a
+            distillation checkpoint (``student.*`` keys), how to export its
+            student as a plain checkpoint.
+    """
+    ckpt = _load_checkpoint(checkpoint, map_location='cpu', logger='current')
+    if not isinstance(ckpt, dict):
+        raise RuntimeError(f'teacher_ckpt {checkpoint!r} holds no state dict '
+                           f'for {_teacher_name(teacher)}')
+    state = ckpt.get('state_dict', ckpt)
+    # The prefix MMEngine's load_checkpoint strips (DDP-wrapped weights).
+    state = {re.sub(r'^module\.', '', k): v for k, v in state.items()}
+    problems = checkpoint_mismatch(model, state)
+    if problems:
+        advice = 'check that teacher and teacher_ckpt name the same model'
+        if any(k.startswith(STUDENT_PREFIX) for k in state):
+            advice = (
+                f'{distillation_checkpoint_note(checkpoint)}, not a '
+                'teacher\'s: to distil from that student, write it as a '
+                'plain checkpoint with `python tools/model_converters/'
+                f'export_student.py {checkpoint} STUDENT.pth`, set '
+                "teacher_ckpt='STUDENT.pth' and teacher to that student's "
+                'config')
+        raise RuntimeError(
+            f'teacher_ckpt {checkpoint!r} does not fit '
+            f'{_teacher_name(teacher)}: {"; ".join(problems)}. {advice}.')
+    _load_checkpoint_to_model(model, ckpt, strict=True, logger='current')
+
+
 def build_frozen_teacher(teacher: Union[str, dict],
                          checkpoint: Optional[str],
                          default_preprocessor: Optional[dict] = None
@@ -153,9 +248,7 @@ def build_frozen_teacher(teacher: Union[str, dict],
                 osp.expanduser(checkpoint)):
             raise FileNotFoundError(
                 f'teacher checkpoint {checkpoint!r} does not exist')
-        load_checkpoint(
-            model, checkpoint, map_location='cpu', strict=True,
-            logger='current')
+        load_teacher_checkpoint(model, checkpoint, teacher)
     for param in model.parameters():
         param.requires_grad_(False)
     model.eval()
@@ -204,11 +297,13 @@ def make_fast_teacher(model: nn.Module,
     ``'bf16'`` (or ``'fp16'``, CUDA only) gives the fast form: BatchNorm
     folded into the convolution before it, channels_last, autocast in that
     dtype, float32 outputs from the distilled modules and the heads, and
-    MMCV's compiled ops in float32 (see :mod:`mmdist.distillers.fast_form`). The device decides: the one
-    MMEngine's Runner will move the model to (``get_device()``). Where it
-    has no native bf16 (a CPU without AVX512-BF16 or AMX, a GPU older than
-    Ampere) the teacher stays float32 and one log line says so; fp16 on a
-    CPU raises ``ValueError`` with the reason.
+    MMCV's compiled ops in float32 (see :mod:`mmdist.distillers.fast_form`).
+    The device decides: the one MMEngine's Runner will move the model to
+    (``get_device()``). Where it has no native bf16 (a CPU without
+    AVX512-BF16 or AMX, a GPU older than Ampere) the teacher stays float32
+    and one log line says so; fp16 on a CPU raises ``ValueError`` with the
+    reason (:class:`~mmdist.distillers.Distiller` checks this before it
+    builds anything).
 
     Args:
         model (nn.Module): The frozen teacher from

@@ -279,8 +279,8 @@ class DistillTerm(nn.Module):
             return False
         self.teacher_checked = True
         with torch.no_grad():
-            std = max(float(t.std()) if t.numel() > 1 else 0.
-                      for t in teachers)
+            std = max(
+                float(t.std()) if t.numel() > 1 else 0. for t in teachers)
             scale = max(float(t.abs().mean()) for t in teachers)
             mean = float(teachers[0].mean())
         if std > CONSTANT_RTOL * max(scale, 1.):

@@ -44,7 +44,7 @@ class SafeCheckpointHook(CheckpointHook):
     - weights holding inf or NaN (a diverged run) are never written and
       nothing is rotated: training stops with
       :class:`~mmdist.engine.TrainingDiverged` naming the weights and the
-      last good checkpoint;
+      checkpoint to restart from (written before the loss began to grow);
     - with ``resume=True`` and no ``load_from``, the run resumes from the
       newest checkpoint that loads (``best_*`` files are no candidates),
       also when ``last_checkpoint`` names a missing, unreadable or older

@@ -222,7 +222,10 @@ def checkpoint_advice(runner, onset: Optional[int],
         iters, path = found[0]
         return (f'Whether {path} (after iteration {iters}; '
                 f'{_describe(path)}) predates the divergence is unknown: no '
-                'mmdist.DivergenceGuardHook recorded the losses.'), None
+                'mmdist.DivergenceGuardHook recorded the losses. Restart '
+                'from scratch with a lower learning rate, or from its '
+                f'weights (load_from={path} resume=False) if they look '
+                'sound.'), None
     good = [(k, p) for k, p in found if k + 1 < onset]
     late = [(k, p) for k, p in found if k + 1 >= onset]
     began = _onset_words(onset, losses)
@@ -232,7 +235,8 @@ def checkpoint_advice(runner, onset: Optional[int],
         notes.append(
             f'{path} (after iteration {iters}) was written after the '
             f'divergence began ({_describe(path)}'
-            f'{_loss_note(iters, losses)}): resuming from it diverges again.')
+            f'{_loss_note(iters, losses)}): its weights are already on the '
+            'way to divergence, do not resume from it.')
     if not good:
         where = (f' left in {osp.dirname(found[0][1])}' if found else '')
         notes.append(
@@ -240,11 +244,16 @@ def checkpoint_advice(runner, onset: Optional[int],
             'restart from scratch with a lower learning rate.')
         return ' '.join(notes), None
     iters, path = good[0]
+    # The best loss before it, for judging the loss its weights gave.
+    earlier = [(v, i) for i, v in losses.items()
+               if i <= iters and math.isfinite(v)]
+    lowest = (f'; the lowest loss before it was {min(earlier)[0]:.4g} at '
+              f'iteration {min(earlier)[1]}' if earlier else '')
     notes.append(
         f'The last checkpoint before the divergence ({began}) is {path} '
         f'(after iteration {iters}; {_describe(path)}'
-        f'{_loss_note(iters, losses)}). Restart from its weights with a '
-        'fresh optimizer and schedule at a lower learning rate: '
+        f'{_loss_note(iters, losses)}{lowest}). Restart from its weights '
+        'with a fresh optimizer and schedule at a lower learning rate: '
         f'load_from={path} resume=False (--resume would restore the '
         "optimizer's and the schedule's state, and the old learning rate "
         'with them).')

@@ -24,6 +24,21 @@ def student_state_dict(state: Dict) -> Dict:
     }
 
 
+def distillation_checkpoint_note(checkpoint: str) -> str:
+    """Says that ``checkpoint`` holds a distiller's weights (the student's),
+    for error messages about a checkpoint given where one model's weights
+    belong.
+
+    Args:
+        checkpoint (str): Path or URL of the checkpoint.
+
+    Returns:
+        str: One clause, without a full stop.
+    """
+    return (f"{checkpoint} is a distillation checkpoint (its weights are the "
+            f"student's, {STUDENT_PREFIX}*)")
+
+
 def is_distillation_checkpoint(checkpoint: str) -> bool:
     """Whether a checkpoint holds a distiller's training state (its model
     weights under ``student.``) rather than one model's weights.

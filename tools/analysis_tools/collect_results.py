@@ -5,15 +5,18 @@ Reads MMEngine work dirs (as written by ``tools/train.py`` and
 ``<work_dir>/<timestamp>/vis_data/scalars.json``, the config that run used
 (``<timestamp>/vis_data/config.py``, named after the config copy in the work
 dir) and the number of processes from its log. Each run is matched with its
-entry in mmdist's model index (by config name) for the teacher, the student,
-the recipe and the paper's numbers, and its config is compared with the
-shipped config's: the whole config, less what does not define the result
-(:data:`IGNORED`), so that a run with another student, data pipeline or
-schedule is not credited to the shipped recipe.
+entry in mmdist's model index (by config name) for the recipe and the
+paper's numbers, and its config is compared with the shipped config's: the
+whole config, less what does not define the result (:data:`IGNORED`), so
+that a run with another student, data pipeline or schedule is not credited
+to the shipped recipe; another student or teacher is the first difference
+named. The teacher and student cells describe the run's own config; the
+index's names are used only where its models are the shipped config's.
 
 A work dir that cannot be read (a truncated ``scalars.json``, a validation
 without metrics, a dumped config that does not load) is skipped with a
-warning naming it; the other runs are still reported.
+warning naming it, and so is a folder without a run (empty, or runs that
+stopped before writing ``scalars.json``); the other runs are still reported.
 
 Usage:
     python tools/analysis_tools/collect_results.py WORK_DIR [WORK_DIR ...]
