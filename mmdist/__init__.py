@@ -6,9 +6,9 @@ checkpoints written by MMEngine loadable on torch >= 2.6 with
 ``weights_only=True`` (the rule is stated in
 :func:`~mmdist.utils.checkpoint.install_safe_checkpoint_loading`).
 """
-from .version import __version__
 from .utils.checkpoint import install_safe_checkpoint_loading
 from .utils.config import register_config_package
+from .version import __version__
 
 register_config_package()
 install_safe_checkpoint_loading()

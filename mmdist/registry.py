@@ -25,9 +25,7 @@ MODEL_WRAPPERS = Registry(
 # Training-engine parts: crash-safe checkpoints, preemption, resumable
 # loops, distillation schedules (``type='mmdist.SafeCheckpointHook'``...).
 HOOKS = Registry(
-    'hook', parent=MMENGINE_HOOKS, scope='mmdist',
-    locations=['mmdist.engine'])
+    'hook', parent=MMENGINE_HOOKS, scope='mmdist', locations=['mmdist.engine'])
 
 LOOPS = Registry(
-    'loop', parent=MMENGINE_LOOPS, scope='mmdist',
-    locations=['mmdist.engine'])
+    'loop', parent=MMENGINE_LOOPS, scope='mmdist', locations=['mmdist.engine'])

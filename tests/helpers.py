@@ -59,8 +59,9 @@ def seg_batch(num_classes=19, size=(64, 128), batch=2, seed=0):
     gen = torch.Generator().manual_seed(seed)
     inputs, samples = [], []
     for _ in range(batch):
-        inputs.append(torch.randint(0, 256, (3, *size), generator=gen,
-                                    dtype=torch.uint8))
+        inputs.append(
+            torch.randint(
+                0, 256, (3, *size), generator=gen, dtype=torch.uint8))
         labels = torch.randint(0, num_classes, (1, *size), generator=gen)
         labels[:, -4:] = 255
         sample = SegDataSample(
@@ -74,12 +75,13 @@ def cls_batch(num_classes=1000, size=64, batch=4, seed=0):
     from mmpretrain.structures import DataSample
     gen = torch.Generator().manual_seed(seed)
     inputs = [
-        torch.randint(0, 256, (3, size, size), generator=gen,
-                      dtype=torch.uint8) for _ in range(batch)
+        torch.randint(
+            0, 256, (3, size, size), generator=gen, dtype=torch.uint8)
+        for _ in range(batch)
     ]
     samples = [
-        DataSample().set_gt_label(int(torch.randint(num_classes, (1, ),
-                                                    generator=gen)))
+        DataSample().set_gt_label(
+            int(torch.randint(num_classes, (1, ), generator=gen)))
         for _ in range(batch)
     ]
     return dict(inputs=inputs, data_samples=samples)
@@ -94,8 +96,13 @@ def run_tool(*args, env=None, timeout=900, cwd=REPO):
            [sys.executable, script]) + [str(a) for a in args[1:]]
     if script.endswith('.sh'):
         full_env['PYTHON'] = sys.executable
-    proc = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True,
-                          text=True, timeout=timeout)
+    proc = subprocess.run(
+        cmd,
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout)
     if proc.returncode != 0:
         raise AssertionError(f'{" ".join(cmd)} failed ({proc.returncode}):\n'
                              f'{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}')
@@ -121,8 +128,10 @@ def save_initial_student(cfg: Config, path) -> dict:
     torch.manual_seed(0)
     student = MODELS.build(cfg.model.student)
     student.init_weights()
-    start = {f'student.{k}': v.clone()
-             for k, v in student.state_dict().items() if v.is_floating_point()}
+    start = {
+        f'student.{k}': v.clone()
+        for k, v in student.state_dict().items() if v.is_floating_point()
+    }
     save_checkpoint({'state_dict': start}, str(path))
     return start
 

@@ -51,8 +51,13 @@ class ToyMetric(BaseMetric):
         return dict(mae=float(np.mean(results)))
 
 
-def toy_runner(work_dir, train_cfg, checkpoint, shuffle=False, batch_size=4,
-               optimizer=None, **kwargs):
+def toy_runner(work_dir,
+               train_cfg,
+               checkpoint,
+               shuffle=False,
+               batch_size=4,
+               optimizer=None,
+               **kwargs):
     """A Runner that trains, validates and tests the toy model."""
     import time
     loader = dict(
@@ -71,8 +76,7 @@ def toy_runner(work_dir, train_cfg, checkpoint, shuffle=False, batch_size=4,
         test_dataloader=loader,
         test_cfg=dict(),
         test_evaluator=[ToyMetric()],
-        optim_wrapper=dict(
-            optimizer=optimizer or dict(type='SGD', lr=0.1)),
+        optim_wrapper=dict(optimizer=optimizer or dict(type='SGD', lr=0.1)),
         default_hooks=dict(checkpoint=checkpoint),
         randomness=dict(seed=0),
         experiment_name=f'toy_{time.time_ns()}',
@@ -81,8 +85,7 @@ def toy_runner(work_dir, train_cfg, checkpoint, shuffle=False, batch_size=4,
 
 def make_runner(work_dir, max_iters, **kwargs):
     return toy_runner(
-        work_dir,
-        dict(by_epoch=False, max_iters=max_iters, val_interval=100),
+        work_dir, dict(by_epoch=False, max_iters=max_iters, val_interval=100),
         dict(type='CheckpointHook', interval=2, by_epoch=False), **kwargs)
 
 
@@ -145,9 +148,12 @@ def test_runner_checkpoint_loads_in_a_fresh_process(tmp_path):
     code = ('import mmdist, torch, sys; '
             'ckpt = torch.load(sys.argv[1], weights_only=True); '
             'print(ckpt["meta"]["iter"])')
-    out = subprocess.run([sys.executable, '-c', code,
-                          str(tmp_path / 'iter_2.pth')],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, '-c', code,
+         str(tmp_path / 'iter_2.pth')],
+        capture_output=True,
+        text=True,
+        check=True)
     assert out.stdout.strip() == '2'
 
 
@@ -202,8 +208,7 @@ NOT_CHECKPOINTS = {
 
 @pytest.mark.parametrize('trust', [False, True], ids=['safe', 'trusting'])
 @pytest.mark.parametrize('kind', sorted(NOT_CHECKPOINTS))
-def test_not_a_checkpoint_is_named_as_such(tmp_path, monkeypatch, kind,
-                                           trust):
+def test_not_a_checkpoint_is_named_as_such(tmp_path, monkeypatch, kind, trust):
     """Whatever the loading mode, the message names the file and what it
     is, and never suggests turning safe loading off."""
     from mmdist.utils.checkpoint import NotACheckpointError
@@ -224,8 +229,10 @@ def test_not_a_checkpoint_is_named_as_such(tmp_path, monkeypatch, kind,
 @pytest.mark.parametrize('legacy', [False, True], ids=['zip', 'legacy'])
 def test_real_checkpoints_still_load(tmp_path, legacy):
     path = tmp_path / 'model.pth'
-    torch.save(dict(state_dict={'w': torch.ones(2)}), path,
-               _use_new_zipfile_serialization=not legacy)
+    torch.save(
+        dict(state_dict={'w': torch.ones(2)}),
+        path,
+        _use_new_zipfile_serialization=not legacy)
     ckpt = _load_checkpoint(str(path), map_location='cpu')
     assert torch.equal(ckpt['state_dict']['w'], torch.ones(2))
 
@@ -285,9 +292,13 @@ def test_load_checkpoint_of_text_says_not_a_checkpoint(tmp_path):
 
 # ------------------------------------------------------ export_student safety
 def _distillation_checkpoint(path):
-    torch.save(dict(meta=dict(iter=2),
-                    state_dict={'student.w': torch.arange(4.),
-                                'student.b': torch.ones(1)}), path)
+    torch.save(
+        dict(
+            meta=dict(iter=2),
+            state_dict={
+                'student.w': torch.arange(4.),
+                'student.b': torch.ones(1)
+            }), path)
     return path.read_bytes()
 
 
@@ -339,9 +350,8 @@ def test_interrupted_export_leaves_no_partial_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match='No space left'):
         _export_tool().export_student(str(ckpt), str(out))
     assert out.read_bytes() == b'previous export'
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        'iter_2.pth', 'student.pth'
-    ]
+    assert sorted(
+        p.name for p in tmp_path.iterdir()) == ['iter_2.pth', 'student.pth']
 
 
 def test_export_writes_the_student_alone(tmp_path):
@@ -350,9 +360,8 @@ def test_export_writes_the_student_alone(tmp_path):
     out = tmp_path / 'export' / 'student.pth'  # directory made on the way
     assert _export_tool().export_student(str(ckpt), str(out)) == 2
     state = torch.load(out, weights_only=True)['state_dict']
-    assert torch.equal(state['w'], torch.arange(4.)) and set(state) == {
-        'w', 'b'
-    }
+    assert torch.equal(state['w'],
+                       torch.arange(4.)) and set(state) == {'w', 'b'}
     # Permissions as open() would give (a temporary file is made 0600).
     umask = os.umask(0)
     os.umask(umask)

@@ -36,8 +36,10 @@ def table_rows(output: str) -> dict:
 def last_validation(work_dir) -> dict:
     """The last validation record of a run, read without the tool."""
     (scalars, ) = work_dir.glob('*/vis_data/scalars.json')
-    records = [json.loads(line) for line in scalars.read_text().splitlines()
-               if line.strip()]
+    records = [
+        json.loads(line) for line in scalars.read_text().splitlines()
+        if line.strip()
+    ]
     return [r for r in records if 'lr' not in r][-1]
 
 
@@ -69,16 +71,20 @@ def make_index(root, entries):
                 'Epochs': 1,
                 'Batch Size': 4,
                 'Distillation': 'DIST',
-                'Student': {'Name': 'ResNet-18'},
-                'Teacher': {'Name': 'ResNet-34 (random)'},
+                'Student': {
+                    'Name': 'ResNet-18'
+                },
+                'Teacher': {
+                    'Name': 'ResNet-34 (random)'
+                },
             },
             'Paper Results': 'not reported',
         })
     metafile = folder / 'metafile.yml'
-    metafile.write_text(INDEX_HEADER + yaml.safe_dump(
-        {'Models': models}, sort_keys=False))
-    (root / 'model-index.yml').write_text(
-        'Import:\n  - configs/mmpretrain/metafile.yml\n')
+    metafile.write_text(INDEX_HEADER +
+                        yaml.safe_dump({'Models': models}, sort_keys=False))
+    (root / 'model-index.yml'
+     ).write_text('Import:\n  - configs/mmpretrain/metafile.yml\n')
     return root / 'model-index.yml', metafile
 
 
@@ -110,8 +116,7 @@ def test_table_reports_the_last_validation_of_a_run(tiny_run):
 
 
 @pytest.mark.heavy
-def test_update_metafiles_writes_only_runs_with_the_recipe(tiny_run,
-                                                           tmp_path):
+def test_update_metafiles_writes_only_runs_with_the_recipe(tiny_run, tmp_path):
     """A finished run with its config's recipe is written as that entry's
     Results; a run whose lr differs from its config's, and an unfinished
     one, are listed and left out."""
@@ -124,14 +129,19 @@ def test_update_metafiles_writes_only_runs_with_the_recipe(tiny_run,
         ('tiny_longer', text.replace('max_epochs=1,', 'max_epochs=2,')),
     ])
     runs = tmp_path / 'runs'
-    shutil.copytree(work, runs / 'tiny_resnet_dist',
-                    ignore=shutil.ignore_patterns('*.pth'))
+    shutil.copytree(
+        work,
+        runs / 'tiny_resnet_dist',
+        ignore=shutil.ignore_patterns('*.pth'))
     copy_run(work, runs / 'other', 'tiny_other_lr')
-    copy_run(work, runs / 'longer', 'tiny_longer',
-             edit=lambda t: t.replace('max_epochs=1,', 'max_epochs=2,'))
+    copy_run(
+        work,
+        runs / 'longer',
+        'tiny_longer',
+        edit=lambda t: t.replace('max_epochs=1,', 'max_epochs=2,'))
 
-    out = run_tool('analysis_tools/collect_results.py', runs, '--index',
-                   index, '--update-metafiles').stdout
+    out = run_tool('analysis_tools/collect_results.py', runs, '--index', index,
+                   '--update-metafiles').stdout
     value = last_validation(work)['accuracy/top1']
     rows = table_rows(out)
     assert rows['tiny_resnet_dist.py']['reproduced'] == f'{value:.2f}'
@@ -149,7 +159,9 @@ def test_update_metafiles_writes_only_runs_with_the_recipe(tiny_run,
     assert models['tiny_resnet_dist']['Results'] == [{
         'Task': 'Image Classification',
         'Dataset': 'Shapes',
-        'Metrics': {'Top 1 Accuracy': round(value, 2)},
+        'Metrics': {
+            'Top 1 Accuracy': round(value, 2)
+        },
     }]
     assert 'Results' not in models['tiny_other_lr']
     assert 'Results' not in models['tiny_longer']
@@ -200,7 +212,11 @@ def test_readme_results_table_is_the_tools_output():
 RETINA = 'retinanet_x101-64x4d_to_r50_fpn_2x_coco_dist'
 
 
-def fake_run(work_dir, name, config_text, records, world=8,
+def fake_run(work_dir,
+             name,
+             config_text,
+             records,
+             world=8,
              stamp='20260101_000000'):
     """A work dir as tools/train.py leaves it: the config copy, the dumped
     config, ``scalars.json`` (lines given as they are) and the log line
@@ -210,8 +226,7 @@ def fake_run(work_dir, name, config_text, records, world=8,
     (vis / 'config.py').write_text(config_text)
     (work_dir / f'{name}.py').write_text(config_text)
     (vis / 'scalars.json').write_text(''.join(
-        (r if isinstance(r, str) else json.dumps(r)) + '\n'
-        for r in records))
+        (r if isinstance(r, str) else json.dumps(r)) + '\n' for r in records))
     (work_dir / stamp / f'{stamp}.log').write_text(
         f'2026/01/01 00:00:00 - mmengine - INFO - GPU number: {world}\n')
 
@@ -232,8 +247,8 @@ def as_trained(path, edit=None):
     cfg.default_hooks.logger.interval = 10
     enable_fault_tolerance(cfg)
     # What cpu_launch_config adds for a DDP run on CPUs.
-    cfg.model_wrapper_cfg = dict(type='mmdist.CPUCompatibleDDP',
-                                 broadcast_buffers=False)
+    cfg.model_wrapper_cfg = dict(
+        type='mmdist.CPUCompatibleDDP', broadcast_buffers=False)
     cfg.env_cfg.dist_cfg = dict(backend='gloo')
 
     def move(node):  # the data set under /mnt/coco/ instead
@@ -249,8 +264,8 @@ def as_trained(path, edit=None):
                 'val_evaluator', 'test_dataloader', 'test_evaluator'):
         if key in cfg:
             value = cfg[key]
-            cfg[key] = move(value.to_dict() if hasattr(value, 'to_dict')
-                            else value)
+            cfg[key] = move(
+                value.to_dict() if hasattr(value, 'to_dict') else value)
     dumped = path.parent / f'.dump_{path.name}'
     try:
         cfg.dump(str(dumped))
@@ -281,16 +296,18 @@ def test_runs_are_compared_whole_and_bad_work_dirs_are_skipped(tmp_path):
     - ``--index configs/model-index.yml`` (the repository's layout) loads.
     """
     configs = tmp_path / 'repo' / 'configs'
-    shutil.copytree(REPO / 'configs', configs,
-                    ignore=shutil.ignore_patterns('demo'))
+    shutil.copytree(
+        REPO / 'configs', configs, ignore=shutil.ignore_patterns('demo'))
     shipped = configs / 'mmdet' / f'{RETINA}.py'
     same = as_trained(shipped)
 
     def smaller(cfg):
         cfg.model.student.backbone.depth = 18
         cfg.model.student.neck.in_channels = [64, 128, 256, 512]
-        (resize, ) = [t for t in cfg.train_dataloader.dataset.pipeline
-                      if t['type'] == 'Resize']
+        (resize, ) = [
+            t for t in cfg.train_dataloader.dataset.pipeline
+            if t['type'] == 'Resize'
+        ]
         resize['scale'] = (666, 400)
 
     other = as_trained(shipped, smaller)
@@ -303,13 +320,29 @@ def test_runs_are_compared_whole_and_bad_work_dirs_are_skipped(tmp_path):
              [train, dict(val, step=12), '{"lr": 0.01, "lo'])
     plain = as_trained(REPO / 'configs' / 'mmpretrain' /
                        'resnet18_1xb64_cifar100.py')
-    fake_run(runs / 'plain', 'my_cifar_run', plain,
-             [{'accuracy/top1': 41.5, 'step': 240}], world=1)
-    fake_run(runs / 'diverged', 'my_cifar_run', plain,
-             [train, {'step': 240}], world=1)
-    fake_run(runs / 'inf_lr', 'my_cifar_run',
-             plain.replace('lr=0.05', 'lr=inf'),
-             [{'accuracy/top1': 1.0, 'step': 240}], world=1)
+    fake_run(
+        runs / 'plain',
+        'my_cifar_run',
+        plain, [{
+            'accuracy/top1': 41.5,
+            'step': 240
+        }],
+        world=1)
+    fake_run(
+        runs / 'diverged',
+        'my_cifar_run',
+        plain, [train, {
+            'step': 240
+        }],
+        world=1)
+    fake_run(
+        runs / 'inf_lr',
+        'my_cifar_run',
+        plain.replace('lr=0.05', 'lr=inf'), [{
+            'accuracy/top1': 1.0,
+            'step': 240
+        }],
+        world=1)
 
     index = configs / 'model-index.yml'
     proc = run_tool('analysis_tools/collect_results.py', runs, '--index',
@@ -330,10 +363,12 @@ def test_runs_are_compared_whole_and_bad_work_dirs_are_skipped(tmp_path):
 
     err = proc.stderr
     assert re.search(r'last line is truncated', err)
-    assert re.search(rf'skipping {runs / "diverged"}: its last validation '
-                     r'\(step 240.*returned no metrics', err)
-    assert re.search(rf"skipping {runs / 'inf_lr'}: its config .* does not "
-                     r"load \(NameError: name 'inf' is not defined", err)
+    assert re.search(
+        rf'skipping {runs / "diverged"}: its last validation '
+        r'\(step 240.*returned no metrics', err)
+    assert re.search(
+        rf"skipping {runs / 'inf_lr'}: its config .* does not "
+        r"load \(NameError: name 'inf' is not defined", err)
 
     out = proc.stdout
     assert f'not written: {RETINA} ({runs / "b"}): its recipe differs' in out
@@ -354,15 +389,20 @@ def test_every_ignored_key_is_named_with_a_reason():
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     assert all(key and reason for key, reason in tool.IGNORED)
-    a = dict(model=dict(student=dict(depth=50)), work_dir='a',
-             train_dataloader=dict(num_workers=2, dataset=dict(
-                 data_root='/x/', ann_file='/x/train.json')))
-    b = dict(model=dict(student=dict(depth=18)), work_dir='b',
-             train_dataloader=dict(num_workers=8, dataset=dict(
-                 data_root='/y', ann_file='/y/train.json')))
-    assert tool.config_differences(b, a) == [
-        'model.student.depth: 18 (shipped 50)'
-    ]
+    a = dict(
+        model=dict(student=dict(depth=50)),
+        work_dir='a',
+        train_dataloader=dict(
+            num_workers=2,
+            dataset=dict(data_root='/x/', ann_file='/x/train.json')))
+    b = dict(
+        model=dict(student=dict(depth=18)),
+        work_dir='b',
+        train_dataloader=dict(
+            num_workers=8,
+            dataset=dict(data_root='/y', ann_file='/y/train.json')))
+    assert tool.config_differences(
+        b, a) == ['model.student.depth: 18 (shipped 50)']
 
 
 ATSS = 'atss_r101_to_r50_fpn_1x_coco_dist'

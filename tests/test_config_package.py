@@ -10,17 +10,20 @@ import mmdist
 def test_outside_config_inherits_mmdist_config(tmp_path):
     user_cfg = tmp_path / 'my_project' / 'my_retinanet_dist.py'
     user_cfg.parent.mkdir()
-    user_cfg.write_text(
-        "_base_ = 'mmdist::mmdet/retinanet_x101-64x4d_to_r50_fpn_2x_coco_dist.py'\n"
-        "train_dataloader = dict(batch_size=4)\n")
+    user_cfg.write_text("_base_ = 'mmdist::mmdet/"
+                        "retinanet_x101-64x4d_to_r50_fpn_2x_coco_dist.py'\n"
+                        "train_dataloader = dict(batch_size=4)\n")
     code = ('import sys, mmdist; from mmengine.config import Config; '
             'cfg = Config.fromfile(sys.argv[1]); '
             'print(cfg.model.type, cfg.model.student.type, '
             'cfg.train_dataloader.batch_size)')
     # A fresh interpreter in another directory: nothing of the repository on
     # sys.path but what the installation put there.
-    out = subprocess.run([sys.executable, '-c', code, str(user_cfg)],
-                         cwd=str(tmp_path), capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, '-c', code, str(user_cfg)],
+        cwd=str(tmp_path),
+        capture_output=True,
+        text=True)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split() == ['mmdist.Distiller', 'RetinaNet', '4']
 

@@ -22,8 +22,8 @@ def _demo_tool():
 
 
 def test_coco_generator_gives_valid_coco(tmp_path):
-    paths = make_coco_detection(str(tmp_path), num_train=6, num_val=2,
-                                size=(96, 64), seed=3)
+    paths = make_coco_detection(
+        str(tmp_path), num_train=6, num_val=2, size=(96, 64), seed=3)
     coco = COCO(paths['train2017'])
     assert len(coco.getImgIds()) == 6
     assert len(coco.getCatIds()) == 5
@@ -32,8 +32,8 @@ def test_coco_generator_gives_valid_coco(tmp_path):
     for ann in anns:
         x, y, w, h = ann['bbox']
         assert x >= 0 and y >= 0 and x + w <= 96 and y + h <= 64
-    again = make_coco_detection(str(tmp_path / 'again'), num_train=6,
-                                num_val=2, size=(96, 64), seed=3)
+    again = make_coco_detection(
+        str(tmp_path / 'again'), num_train=6, num_val=2, size=(96, 64), seed=3)
     assert json.load(open(again['train2017'])) == json.load(
         open(paths['train2017']))
 
@@ -46,20 +46,31 @@ def _overlap(anns) -> bool:
 
 
 def test_coco_generator_without_occlusion_or_clutter(tmp_path):
-    paths = make_coco_detection(str(tmp_path), num_train=20, num_val=2,
-                                size=(128, 128), max_objects=6, seed=1,
-                                clutter=False, occlusion=False)
+    paths = make_coco_detection(
+        str(tmp_path),
+        num_train=20,
+        num_val=2,
+        size=(128, 128),
+        max_objects=6,
+        seed=1,
+        clutter=False,
+        occlusion=False)
     coco = COCO(paths['train2017'])
     anns = [coco.loadAnns(coco.getAnnIds(i)) for i in coco.getImgIds()]
     assert sum(len(a) > 2 for a in anns) > 0
     assert not any(_overlap(a) for a in anns)
     # By default objects may overlap (and hide each other).
-    default = COCO(make_coco_detection(str(tmp_path / 'default'),
-                                       num_train=20, num_val=2,
-                                       size=(128, 128), max_objects=6,
-                                       seed=1)['train2017'])
-    assert any(_overlap(default.loadAnns(default.getAnnIds(image_id)))
-               for image_id in default.getImgIds())
+    default = COCO(
+        make_coco_detection(
+            str(tmp_path / 'default'),
+            num_train=20,
+            num_val=2,
+            size=(128, 128),
+            max_objects=6,
+            seed=1)['train2017'])
+    assert any(
+        _overlap(default.loadAnns(default.getAnnIds(image_id)))
+        for image_id in default.getImgIds())
 
 
 def test_demo_statistics_and_spread_verdict():
@@ -69,17 +80,23 @@ def test_demo_statistics_and_spread_verdict():
     assert demo.mean_std([0.5]) == (0.5, 0.0)
 
     def runs(*metrics):
-        return [dict(metric=m, train_seconds=1.0, iters=2,
-                     curve=[[1, m / 2], [2, m]], loss=[]) for m in metrics]
+        return [
+            dict(
+                metric=m,
+                train_seconds=1.0,
+                iters=2,
+                curve=[[1, m / 2], [2, m]],
+                loss=[]) for m in metrics
+        ]
 
-    results = dict(kd=demo.aggregate(runs(0.30, 0.32, 0.31)),
-                   dist=demo.aggregate(runs(0.40, 0.41, 0.39)),
-                   student=demo.aggregate(runs(0.10, 0.50, 0.30)))
+    results = dict(
+        kd=demo.aggregate(runs(0.30, 0.32, 0.31)),
+        dist=demo.aggregate(runs(0.40, 0.41, 0.39)),
+        student=demo.aggregate(runs(0.10, 0.50, 0.30)))
     assert np.allclose(results['dist']['curve'], [[1, 0.2], [2, 0.4]])
     assert results['dist']['curve_std'][1][1] == pytest.approx(0.01)
     spec = demo.TASKS['det']
-    assert 'more than the spread' in demo.compare(results, 'dist', 'kd',
-                                                  spec)
+    assert 'more than the spread' in demo.compare(results, 'dist', 'kd', spec)
     assert 'within the spread' in demo.compare(results, 'dist', 'student',
                                                spec)
     one = dict(kd=demo.aggregate(runs(0.3)), dist=demo.aggregate(runs(0.4)))
@@ -96,7 +113,10 @@ def test_demo_regenerates_data_and_retrains_teacher_only_when_asked(
         scalars = tmp_path / cfg.work_dir / 'ts' / 'vis_data'
         scalars.mkdir(parents=True, exist_ok=True)
         (scalars / 'scalars.json').write_text(
-            json.dumps({'step': iters, 'coco/bbox_mAP': iters / 100}) + '\n')
+            json.dumps({
+                'step': iters,
+                'coco/bbox_mAP': iters / 100
+            }) + '\n')
         (tmp_path / cfg.work_dir / f'iter_{iters}.pth').write_bytes(b'x')
         trained.append(iters)
         return 1.0
@@ -111,8 +131,7 @@ def test_demo_regenerates_data_and_retrains_teacher_only_when_asked(
     assert (tmp_path / root / '.complete').stat().st_mtime_ns == stamp
 
     def teacher(data_tag, iters, retrain=False):
-        args = argparse.Namespace(teacher_iters=iters,
-                                  retrain_teacher=retrain)
+        args = argparse.Namespace(teacher_iters=iters, retrain_teacher=retrain)
         return demo.train_teacher('det', root, data_tag, 'det', args)
 
     assert teacher(tag, 4)['metric'] == 0.04 and trained == [4]
@@ -134,10 +153,10 @@ def test_demo_regenerates_data_and_retrains_teacher_only_when_asked(
 
 def test_cityscapes_generator_gives_valid_label_maps(tmp_path):
     make_cityscapes(str(tmp_path), num_train=3, num_val=1, size=(64, 32))
-    labels = sorted((tmp_path / 'gtFine' / 'train').rglob(
-        '*_gtFine_labelTrainIds.png'))
-    images = sorted((tmp_path / 'leftImg8bit' / 'train').rglob(
-        '*_leftImg8bit.png'))
+    labels = sorted(
+        (tmp_path / 'gtFine' / 'train').rglob('*_gtFine_labelTrainIds.png'))
+    images = sorted(
+        (tmp_path / 'leftImg8bit' / 'train').rglob('*_leftImg8bit.png'))
     assert len(labels) == len(images) == 3
     for path in labels:
         label = np.array(Image.open(path))
@@ -188,6 +207,6 @@ def test_demo_pipeline_tiny(tmp_path):
     out = run_tool('misc/demo.py', '--task', 'seg', '--iters', 2,
                    '--teacher-iters', 4, '--images', 8, '--work-dir', work)
     assert '[seg] reusing the trained teacher' in out.stdout
-    assert set(json.load(open(work / 'report.json'))) == {'seg',
-                                                          'wall_seconds'}
+    assert set(json.load(open(work /
+                              'report.json'))) == {'seg', 'wall_seconds'}
     assert not (work / 'det_val_metric.png').exists()

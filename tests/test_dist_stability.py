@@ -14,10 +14,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from test_losses import autograd_dist, grads, plain_dist, rel_err
 from mmdist.losses import DISTLoss
 from mmdist.losses.blocks import force_block_policy
 from mmdist.losses.dist import DEFAULT_FLOORS
+from test_losses import autograd_dist, grads, plain_dist, rel_err
 
 # (beta, gamma, tau) of the shipped configs: detection and segmentation,
 # ImageNet, CIFAR-100.
@@ -26,17 +26,20 @@ ROWS, CLASSES = 64, 100
 
 
 def _teacher():
-    return 3 * torch.randn(ROWS, CLASSES,
-                           generator=torch.Generator().manual_seed(0))
+    return 3 * torch.randn(
+        ROWS, CLASSES, generator=torch.Generator().manual_seed(0))
 
 
 def _nearly_constant_students():
     gen = torch.Generator().manual_seed(1)
     return {
-        'constant': torch.zeros(ROWS, CLASSES),
-        'identical rows': torch.randn(1, CLASSES, generator=gen).expand(
-            ROWS, CLASSES).contiguous(),
-        'spread 1e-6': 1e-6 * torch.randn(ROWS, CLASSES, generator=gen),
+        'constant':
+        torch.zeros(ROWS, CLASSES),
+        'identical rows':
+        torch.randn(1, CLASSES, generator=gen).expand(ROWS,
+                                                      CLASSES).contiguous(),
+        'spread 1e-6':
+        1e-6 * torch.randn(ROWS, CLASSES, generator=gen),
     }
 
 
@@ -61,8 +64,8 @@ def test_gradient_bounded_at_a_nearly_constant_student(beta, gamma, tau,
     teacher = _teacher()
     with force_block_policy(policy):
         for name, student in _nearly_constant_students().items():
-            ratio = _ratio_to_cross_entropy(student, teacher, beta=beta,
-                                            gamma=gamma, tau=tau)
+            ratio = _ratio_to_cross_entropy(
+                student, teacher, beta=beta, gamma=gamma, tau=tau)
             print(f'{beta}/{gamma}/{tau} {name}: {ratio:.3g} x CE')
             assert ratio <= 100, (name, ratio)
 
@@ -86,8 +89,9 @@ def test_sigmoid_gradient_bounded_at_a_nearly_constant_student(
             lambda s: F.binary_cross_entropy_with_logits(
                 s, onehot, reduction='sum') / ROWS, student)
         dist = _grad_norm(
-            lambda s: DISTLoss(beta=beta, gamma=gamma, tau=tau,
-                               activation='sigmoid')(s, teacher), student)
+            lambda s: DISTLoss(
+                beta=beta, gamma=gamma, tau=tau, activation='sigmoid')
+            (s, teacher), student)
         print(f'sigmoid {beta}/{gamma}/{tau} {name} at {offset}: '
               f'{dist / bce:.3g} x BCE')
         assert dist / bce <= 100, (name, dist / bce)
@@ -95,8 +99,8 @@ def test_sigmoid_gradient_bounded_at_a_nearly_constant_student(
 
 def test_default_floor_depends_on_the_activation():
     assert DISTLoss().floor == DEFAULT_FLOORS['softmax'] == 0.05
-    assert DISTLoss(activation='sigmoid').floor == DEFAULT_FLOORS[
-        'sigmoid'] == 0.001
+    assert DISTLoss(
+        activation='sigmoid').floor == DEFAULT_FLOORS['sigmoid'] == 0.001
     assert DISTLoss(activation='sigmoid', floor=0.05).floor == 0.05
     assert DISTLoss(floor=0.).floor == 0.
 
@@ -111,9 +115,11 @@ def test_sigmoid_floor_leaves_a_focal_prior_head_the_papers_gradient():
     gen = torch.Generator().manual_seed(6)
     student = -4.6 + 0.1 * torch.randn(ROWS, CLASSES, generator=gen)
     norms = {
-        floor: _grad_norm(
+        floor:
+        _grad_norm(
             lambda s: DISTLoss(activation='sigmoid', floor=floor)(  # noqa
-                s, teacher), student)
+                s, teacher),
+            student)
         for floor in (None, 0.05, 0.)
     }
     assert norms[None] == pytest.approx(norms[0.], rel=0.02)
@@ -124,9 +130,13 @@ def test_sigmoid_floor_leaves_a_focal_prior_head_the_papers_gradient():
 def test_paper_form_explodes_where_the_floor_does_not(beta, gamma, tau):
     # What floor=0 (the paper's form, the old default) does at a constant
     # student: the reason the default changed.
-    ratio = _ratio_to_cross_entropy(torch.zeros(ROWS, CLASSES), _teacher(),
-                                    beta=beta, gamma=gamma, tau=tau,
-                                    floor=0.)
+    ratio = _ratio_to_cross_entropy(
+        torch.zeros(ROWS, CLASSES),
+        _teacher(),
+        beta=beta,
+        gamma=gamma,
+        tau=tau,
+        floor=0.)
     assert ratio > 1e4
 
 
@@ -142,8 +152,8 @@ def _student_with_relative_spread(teacher, relative, act='softmax'):
     for dim in (0, 1):
         us = ys - ys.mean(dim, keepdim=True)
         ut = yt - yt.mean(dim, keepdim=True)
-        assert (us.norm(dim=dim) >= DEFAULT_FLOORS[act] *
-                ut.norm(dim=dim)).all()
+        assert (us.norm(dim=dim)
+                >= DEFAULT_FLOORS[act] * ut.norm(dim=dim)).all()
     return student
 
 
@@ -154,8 +164,8 @@ def test_value_is_the_papers_above_the_floor(act, beta, gamma, tau):
     teacher = torch.randn(32, 10)
     for student in (torch.randn(32, 10),
                     _student_with_relative_spread(teacher, 0.3, act)):
-        got = DISTLoss(beta=beta, gamma=gamma, tau=tau,
-                       activation=act)(student, teacher)
+        got = DISTLoss(
+            beta=beta, gamma=gamma, tau=tau, activation=act)(student, teacher)
         ref = plain_dist(student, teacher, beta, gamma, tau, act)
         assert abs(float(got) - float(ref)) <= 1e-4 * float(ref)
 
@@ -188,8 +198,7 @@ def test_floored_gradient_matches_autograd(act, policy):
     with force_block_policy(policy):
         for w in (None, weight):
             for kwargs in (dict(), dict(beta=2., gamma=2., tau=4.)):
-                got, ref = grads(student, teacher, w, activation=act,
-                                 **kwargs)
+                got, ref = grads(student, teacher, w, activation=act, **kwargs)
                 assert rel_err(got, ref) < 1e-4, (w is None, kwargs)
 
 
@@ -203,8 +212,13 @@ def test_floored_loss_passes_gradcheck():
     ]).requires_grad_()
     fn = DISTLoss(beta=1.5, gamma=0.5, tau=2)
     assert torch.autograd.gradcheck(lambda x: fn(x, teacher), (student, ))
-    ref = autograd_dist(student, teacher, beta=1.5, gamma=0.5, tau=2.,
-                        floor=DEFAULT_FLOORS['softmax'])
+    ref = autograd_dist(
+        student,
+        teacher,
+        beta=1.5,
+        gamma=0.5,
+        tau=2.,
+        floor=DEFAULT_FLOORS['softmax'])
     assert torch.allclose(fn(student, teacher), ref, rtol=1e-10)
 
 
@@ -214,8 +228,7 @@ def test_invalid_floor_rejected(floor):
         DISTLoss(floor=floor)
 
 
-@pytest.mark.parametrize('classes, warned', [(1, True), (2, True),
-                                              (3, False)])
+@pytest.mark.parametrize('classes, warned', [(1, True), (2, True), (3, False)])
 def test_too_few_classes_warn_once(classes, warned):
     import warnings
     loss = DISTLoss()

@@ -12,17 +12,47 @@ from test_e2e_classification import tiny_classification_config
 
 
 @pytest.mark.parametrize('kwargs,expected', [
-    (dict(), {0: 1.0, 7: 1.0, 1000: 1.0}),
-    (dict(weight=0.5, stop=10), {0: 0.5, 9: 0.5, 10: 0.0, 11: 0.0}),
-    (dict(schedule='linear', end=4), {0: 0.0, 1: 0.25, 2: 0.5, 4: 1.0,
-                                      9: 1.0}),
-    (dict(schedule='linear', begin=2, end=6, start_weight=0.2, weight=1.0),
-     {0: 0.2, 2: 0.2, 4: 0.6, 6: 1.0}),
-    (dict(schedule='cosine', end=4, min_weight=0.0), {0: 1.0, 2: 0.5, 4: 0.0,
-                                                      5: 0.0}),
-    (dict(schedule='step', milestones=[3, 6], gamma=0.5), {0: 1.0, 3: 0.5,
-                                                           5: 0.5, 6: 0.25}),
-    (dict(schedule='linear', end=4, stop=6), {2: 0.5, 5: 1.0, 6: 0.0}),
+    (dict(), {
+        0: 1.0,
+        7: 1.0,
+        1000: 1.0
+    }),
+    (dict(weight=0.5, stop=10), {
+        0: 0.5,
+        9: 0.5,
+        10: 0.0,
+        11: 0.0
+    }),
+    (dict(schedule='linear', end=4), {
+        0: 0.0,
+        1: 0.25,
+        2: 0.5,
+        4: 1.0,
+        9: 1.0
+    }),
+    (dict(schedule='linear', begin=2, end=6, start_weight=0.2, weight=1.0), {
+        0: 0.2,
+        2: 0.2,
+        4: 0.6,
+        6: 1.0
+    }),
+    (dict(schedule='cosine', end=4, min_weight=0.0), {
+        0: 1.0,
+        2: 0.5,
+        4: 0.0,
+        5: 0.0
+    }),
+    (dict(schedule='step', milestones=[3, 6], gamma=0.5), {
+        0: 1.0,
+        3: 0.5,
+        5: 0.5,
+        6: 0.25
+    }),
+    (dict(schedule='linear', end=4, stop=6), {
+        2: 0.5,
+        5: 1.0,
+        6: 0.0
+    }),
 ])
 def test_multiplier_curve(kwargs, expected):
     hook = DistillWeightHook(**kwargs)
@@ -32,8 +62,8 @@ def test_multiplier_curve(kwargs, expected):
 
 @pytest.mark.parametrize('kwargs,key', [
     (dict(weight=-1.0), 'weight'),
-    (dict(schedule='linear', end=10, start_weight=float('nan')),
-     'start_weight'),
+    (dict(schedule='linear', end=10,
+          start_weight=float('nan')), 'start_weight'),
     (dict(schedule='exponential'), 'schedule'),
     (dict(schedule='linear'), 'end'),
     (dict(schedule='cosine', begin=5, end=5), 'end'),
@@ -50,16 +80,20 @@ def test_bad_settings_name_the_key(kwargs, key):
 def test_bad_settings_fail_before_training(tmp_path):
     cfg = Config.fromfile(str(tiny_classification_config(tmp_path)))
     cfg.work_dir = str(tmp_path / 'work')
-    cfg.custom_hooks = [dict(type='mmdist.DistillWeightHook',
-                             schedule='linear', end=4, stop=0)]
+    cfg.custom_hooks = [
+        dict(
+            type='mmdist.DistillWeightHook', schedule='linear', end=4, stop=0)
+    ]
     with pytest.raises(ValueError, match='stop'):
         Runner.from_cfg(cfg)
 
 
 def scalars(work_dir) -> list:
     logs = sorted(work_dir.glob('*/vis_data/scalars.json'))
-    return [json.loads(line) for line in logs[-1].read_text().splitlines()
-            if 'loss' in line]
+    return [
+        json.loads(line) for line in logs[-1].read_text().splitlines()
+        if 'loss' in line
+    ]
 
 
 @pytest.mark.heavy

@@ -6,10 +6,14 @@ from helpers import build, det_batch, load_offline, train_step
 from mmdist.distillers import InputRenormaliser
 
 PYTORCH_STYLE = dict(
-    mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375],
-    bgr_to_rgb=True, pad_size_divisor=32)
+    mean=[123.675, 116.28, 103.53],
+    std=[58.395, 57.12, 57.375],
+    bgr_to_rgb=True,
+    pad_size_divisor=32)
 CAFFE_STYLE = dict(
-    mean=[103.530, 116.280, 123.675], std=[1.0, 1.0, 1.0], bgr_to_rgb=False,
+    mean=[103.530, 116.280, 123.675],
+    std=[1.0, 1.0, 1.0],
+    bgr_to_rgb=False,
     pad_size_divisor=32)
 
 
@@ -41,8 +45,8 @@ def test_caffe_teacher_in_a_real_step():
 
 
 def test_teacher_from_a_relative_config_path(monkeypatch, tmp_path):
-    (tmp_path / 'teacher.py').write_text(
-        "_base_ = 'mmdet::retinanet/retinanet_r18_fpn_1x_coco.py'\n")
+    (tmp_path / 'teacher.py'
+     ).write_text("_base_ = 'mmdet::retinanet/retinanet_r18_fpn_1x_coco.py'\n")
     monkeypatch.chdir(tmp_path)
     cfg = load_offline('mmdet/retinanet_x101-64x4d_to_r50_fpn_2x_coco_dist.py')
     cfg.model.teacher = 'teacher.py'
@@ -79,12 +83,13 @@ class _Logged:
 
     def __init__(self):
         import logging
+
         from mmengine.logging import MMLogger
         self.lines = []
         self.logger = MMLogger.get_current_instance()
         self.handler = logging.Handler()
-        self.handler.emit = lambda record: self.lines.append(
-            record.getMessage())
+        self.handler.emit = lambda record: self.lines.append(record.getMessage(
+        ))
         self.logger.addHandler(self.handler)
 
     def close(self):
@@ -96,14 +101,15 @@ def _teacher_answering(model, labels_of_batch):
     """Make the classifier teacher's fc answer ``labels_of_batch()``."""
 
     def answer(module, args, out):
-        return torch.nn.functional.one_hot(
-            labels_of_batch(), out.shape[1]).float() * 10
+        return torch.nn.functional.one_hot(labels_of_batch(),
+                                           out.shape[1]).float() * 10
 
     model.teacher.head.fc.register_forward_hook(answer, prepend=True)
 
 
 def _cls_model(iters):
-    cfg = load_offline('mmpretrain/resnet50_to_resnet18_1xb64_cifar100_dist.py')
+    cfg = load_offline(
+        'mmpretrain/resnet50_to_resnet18_1xb64_cifar100_dist.py')
     cfg.model.teacher_check_iters = iters
     return build(cfg)
 
@@ -115,8 +121,9 @@ def test_teacher_accuracy_is_logged_for_the_first_steps():
     labels = torch.tensor([int(s.gt_label) for s in batch['data_samples']])
     _teacher_answering(model, lambda: labels)
     logged = _Logged()
-    accuracies = [train_step(model, batch).get('teacher_acc')
-                  for _ in range(4)]
+    accuracies = [
+        train_step(model, batch).get('teacher_acc') for _ in range(4)
+    ]
     text = logged.close()
     assert [float(a) for a in accuracies[:3]] == [100.0, 100.0, 100.0]
     assert accuracies[3] is None  # logged for the first 3 steps only
@@ -140,6 +147,7 @@ def test_blind_teacher_is_reported():
 def test_segmentation_accuracy_ignores_ignored_pixels():
     from mmengine.structures import PixelData
     from mmseg.structures import SegDataSample
+
     from mmdist.distillers.teacher_check import batch_accuracy
     labels = torch.tensor([[[0, 1], [255, 255]]])
     sample = SegDataSample()
@@ -159,21 +167,23 @@ def test_detection_is_not_checked():
 
 def test_predict_with_teacher_runs_the_renormalised_teacher():
     from helpers import cls_batch
-    cfg = load_offline('mmpretrain/resnet50_to_resnet18_1xb64_cifar100_dist.py')
+    cfg = load_offline(
+        'mmpretrain/resnet50_to_resnet18_1xb64_cifar100_dist.py')
     cfg.model.predict_with = 'teacher'
     model = build(cfg).eval()
     batch = cls_batch(100, size=32, batch=2)
     with torch.no_grad():
         ours = model.test_step(batch)
         data = model.data_preprocessor(batch)
-        theirs = model.teacher(model.renormalise(data['inputs']),
-                               data['data_samples'], mode='predict')
+        theirs = model.teacher(
+            model.renormalise(data['inputs']),
+            data['data_samples'],
+            mode='predict')
     for a, b in zip(ours, theirs):
         assert torch.equal(a.pred_score, b.pred_score)
 
 
-def test_project_recipe_resolves_from_any_directory(
-        monkeypatch, tmp_path):
+def test_project_recipe_resolves_from_any_directory(monkeypatch, tmp_path):
     """The own-project recipe (docs/en/user_guides/detection.md):
     teacher='./my_retinanet_x101.py' next to the config, the tools run from
     elsewhere; the saved config copy must resolve too."""
@@ -183,8 +193,8 @@ def test_project_recipe_resolves_from_any_directory(
     from mmdist.utils import build_model, resolve_teacher_paths
     project = tmp_path / 'my_project' / 'configs'
     project.mkdir(parents=True)
-    (project / 'my_retinanet_r50.py').write_text(
-        "_base_ = 'mmdet::retinanet/retinanet_r18_fpn_1x_coco.py'\n")
+    (project / 'my_retinanet_r50.py'
+     ).write_text("_base_ = 'mmdet::retinanet/retinanet_r18_fpn_1x_coco.py'\n")
     (project / 'my_retinanet_x101.py').write_text(
         "_base_ = 'mmdet::retinanet/retinanet_r18_fpn_1x_coco.py'\n"
         "model = dict(backbone=dict(depth=34))\n")

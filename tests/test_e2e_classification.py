@@ -14,8 +14,8 @@ R34_R18 = 'mmpretrain/resnet34_to_resnet18_8xb32_in1k_dist.py'
 
 def tiny_classification_config(tmp_path):
     root = tmp_path / 'imagenet'
-    make_image_folders(str(root), num_train_per_class=4,
-                       num_val_per_class=2, size=64)
+    make_image_folders(
+        str(root), num_train_per_class=4, num_val_per_class=2, size=64)
     cfg = Config.fromfile(str(CONFIGS / R34_R18))
     strip_pretrained(cfg.model)
     cfg.model.student.head.num_classes = len(SHAPES)

@@ -46,9 +46,10 @@ def tiny_detection_config(tmp_path, max_epochs=2):
         dict(type='LoadImageFromFile'),
         dict(type='Resize', scale=scale, keep_ratio=True),
         dict(type='LoadAnnotations', with_bbox=True),
-        dict(type='PackDetInputs',
-             meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
-                        'scale_factor'))
+        dict(
+            type='PackDetInputs',
+            meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
+                       'scale_factor'))
     ]
     metainfo = dict(classes=SHAPES)
     for split, pipeline in (('train', train_pipeline), ('val', test_pipeline),
@@ -65,8 +66,8 @@ def tiny_detection_config(tmp_path, max_epochs=2):
         ds.data_prefix = dict(img=f'{folder}/')
         ds.pipeline = pipeline
     for split in ('val', 'test'):
-        cfg[f'{split}_evaluator'].ann_file = str(
-            root / 'annotations' / 'instances_val2017.json')
+        cfg[f'{split}_evaluator'].ann_file = str(root / 'annotations' /
+                                                 'instances_val2017.json')
     cfg.train_cfg = dict(
         type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=1)
     cfg.param_scheduler = [dict(type='ConstantLR', factor=1.0)]
@@ -120,8 +121,13 @@ def test_dist_train_two_cpu_processes(tmp_path):
     config = tiny_detection_config(tmp_path, max_epochs=1)
     work = tmp_path / 'work'
     port = str(random.randint(20000, 40000))
-    out = run_tool('dist_train.sh', config, 2, '--work-dir', work,
-                   env=dict(PORT=port, OMP_NUM_THREADS='1'))
+    out = run_tool(
+        'dist_train.sh',
+        config,
+        2,
+        '--work-dir',
+        work,
+        env=dict(PORT=port, OMP_NUM_THREADS='1'))
     log = out.stdout + out.stderr
     assert 'loss_dist' in log
     assert (work / 'epoch_1.pth').is_file()

@@ -92,8 +92,13 @@ def test_dist_train_two_cpu_processes(tmp_path):
     config = tiny_segmentation_config(tmp_path, max_iters=2)
     work = tmp_path / 'work'
     port = str(random.randint(20000, 40000))
-    out = run_tool('dist_train.sh', config, 2, '--work-dir', work,
-                   env=dict(PORT=port, OMP_NUM_THREADS='1'))
+    out = run_tool(
+        'dist_train.sh',
+        config,
+        2,
+        '--work-dir',
+        work,
+        env=dict(PORT=port, OMP_NUM_THREADS='1'))
     assert 'loss_dist' in out.stdout + out.stderr
     assert (work / 'iter_2.pth').is_file()
     state = torch.load(work / 'iter_2.pth', weights_only=True)['state_dict']

@@ -16,7 +16,9 @@ from helpers import run_tool
 from test_e2e_classification import tiny_classification_config
 
 TEACHER_NORMALISATION = dict(
-    num_classes=5, mean=[127.5, 127.5, 127.5], std=[127.5, 127.5, 127.5],
+    num_classes=5,
+    mean=[127.5, 127.5, 127.5],
+    std=[127.5, 127.5, 127.5],
     to_rgb=False)
 
 
@@ -43,20 +45,20 @@ def test_distiller_teacher_scores_like_the_teacher_alone(tmp_path):
     teacher_cfg.model.pop('data_preprocessor', None)
     teacher_cfg.data_preprocessor = TEACHER_NORMALISATION
     teacher_cfg.train_cfg.max_epochs = 3
-    teacher_cfg.default_hooks.checkpoint = dict(type='CheckpointHook',
-                                                interval=3)
+    teacher_cfg.default_hooks.checkpoint = dict(
+        type='CheckpointHook', interval=3)
     teacher_path = tmp_path / 'teacher_config.py'
     teacher_cfg.dump(str(teacher_path))
     run_tool('train.py', teacher_path, '--work-dir', tmp_path / 'teacher')
     teacher_ckpt = tmp_path / 'teacher' / 'epoch_3.pth'
-    alone = top1(run_tool('test.py', teacher_path, teacher_ckpt, '--work-dir',
-                          tmp_path / 'test_teacher').stdout)
+    alone = top1(
+        run_tool('test.py', teacher_path, teacher_ckpt, '--work-dir',
+                 tmp_path / 'test_teacher').stdout)
 
     dist_cfg.model.teacher = str(teacher_path)
     dist_cfg.model.teacher_ckpt = str(teacher_ckpt)
     dist_cfg.train_cfg.max_epochs = 3
-    dist_cfg.default_hooks.checkpoint = dict(type='CheckpointHook',
-                                             interval=3)
+    dist_cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=3)
     dist_cfg.default_hooks.logger.interval = 1
     dist_cfg.model.teacher_check_iters = 10  # of the run's 15 iterations
     dist_path = tmp_path / 'dist_config.py'

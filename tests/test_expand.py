@@ -38,9 +38,12 @@ def _distiller(student: str, teacher: str, terms):
     scope = student_cfg.pop('_scope_')
     with DefaultScope.overwrite_default_scope(scope):
         return MODELS.build(
-            dict(type='mmdist.Distiller', student=student_cfg,
-                 teacher=_model(teacher), distill_terms=terms,
-                 teacher_check_iters=0))
+            dict(
+                type='mmdist.Distiller',
+                student=student_cfg,
+                teacher=_model(teacher),
+                distill_terms=terms,
+                teacher_check_iters=0))
 
 
 def _pairs(distiller):
@@ -50,9 +53,10 @@ def _pairs(distiller):
 
 def test_container_path_becomes_one_term_per_level():
     model = _distiller(RTMDET, RTMDET, [
-        dict(student_module='bbox_head.rtm_cls',
-             teacher_module='bbox_head.rtm_cls',
-             loss=dict(type='mmdist.DISTLoss', activation='sigmoid'))
+        dict(
+            student_module='bbox_head.rtm_cls',
+            teacher_module='bbox_head.rtm_cls',
+            loss=dict(type='mmdist.DISTLoss', activation='sigmoid'))
     ])
     assert _pairs(model) == [(f'bbox_head.rtm_cls.{i}',
                               f'bbox_head.rtm_cls.{i}', f'dist_l{i}')
@@ -62,8 +66,10 @@ def test_container_path_becomes_one_term_per_level():
 def test_container_against_a_single_module_names_the_elements():
     with pytest.raises(ValueError) as error:
         _distiller(RTMDET, RETINA, [
-            dict(student_module='bbox_head.rtm_cls',
-                 teacher_module='bbox_head.retina_cls', loss=DIST)
+            dict(
+                student_module='bbox_head.rtm_cls',
+                teacher_module='bbox_head.retina_cls',
+                loss=DIST)
         ])
     message = str(error.value)
     assert ('bbox_head.rtm_cls.0, bbox_head.rtm_cls.1, bbox_head.rtm_cls.2'
@@ -78,8 +84,9 @@ def test_short_form_fills_activation_and_row_layout():
     assert term.loss.activation == 'sigmoid'
     assert term.loss.num_classes == 80  # a row per (image, anchor, position)
     model = _distiller(RETINA, RETINA, [
-        dict(head='bbox_head',
-             loss=dict(type='mmdist.DISTLoss', num_classes=None))
+        dict(
+            head='bbox_head',
+            loss=dict(type='mmdist.DISTLoss', num_classes=None))
     ])
     assert model.terms[0].loss.num_classes is None  # the user's key wins
 
@@ -107,8 +114,10 @@ def test_cascade_teacher_scores_the_student_rois_with_its_first_stage():
 def test_explicit_term_inside_a_query_head_is_refused():
     with pytest.raises(ValueError) as error:
         _distiller(DINO, DINO, [
-            dict(student_module='bbox_head.cls_branches.0',
-                 teacher_module='bbox_head.cls_branches.0', loss=DIST)
+            dict(
+                student_module='bbox_head.cls_branches.0',
+                teacher_module='bbox_head.cls_branches.0',
+                loss=DIST)
         ])
     message = str(error.value)
     assert 'student bbox_head is a DINOHead (DETR family)' in message
@@ -118,8 +127,10 @@ def test_explicit_term_inside_a_query_head_is_refused():
 
 def test_a_module_that_records_nothing_names_the_likely_causes():
     model = _distiller(RETINA, RETINA, [
-        dict(student_module='bbox_head.loss_cls',
-             teacher_module='bbox_head.loss_cls', loss=DIST)
+        dict(
+            student_module='bbox_head.loss_cls',
+            teacher_module='bbox_head.loss_cls',
+            loss=DIST)
     ])
     with pytest.raises(RuntimeError) as error:
         train_step(model, det_batch())
@@ -133,14 +144,17 @@ def test_a_cascade_stage_called_twice_is_taken_once():
     """CascadeEncoderDecoder calls decode_head.0 for its loss and again to
     feed the OCR stage: explicit, the step says so; short, max_calls=1."""
     model = _distiller(OCRNET, OCRNET, [
-        dict(student_module='decode_head.0.conv_seg',
-             teacher_module='decode_head.0.conv_seg', loss=DIST)
+        dict(
+            student_module='decode_head.0.conv_seg',
+            teacher_module='decode_head.0.conv_seg',
+            loss=DIST)
     ])
     with pytest.raises(RuntimeError, match='set max_calls on the term'):
         train_step(model, seg_batch())
     model = _distiller(OCRNET, OCRNET, [dict(head='decode_head', loss=DIST)])
-    assert [(t.student_module, t.max_calls) for t in model.terms] == [
-        ('decode_head.0.conv_seg', 1), ('decode_head.1.conv_seg', None)]
+    assert [(t.student_module, t.max_calls)
+            for t in model.terms] == [('decode_head.0.conv_seg', 1),
+                                      ('decode_head.1.conv_seg', None)]
     losses = train_step(model, seg_batch())
     assert torch.isfinite(losses['loss_dist_s0'])
     assert torch.isfinite(losses['loss_dist_s1'])

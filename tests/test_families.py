@@ -22,12 +22,11 @@ from mmengine.registry import MODELS, DefaultScope
 from mmengine.structures import PixelData
 
 import mmdist  # noqa: F401
+from helpers import cls_batch, seg_batch
 from mmdist.analysis.supported import render, zoo_rows
 from mmdist.distillers.families import ZOO, ZooModel, family_of
 from mmdist.testing import strip_pretrained
 from mmdist.utils import get_module, model_config
-
-from helpers import cls_batch, seg_batch
 
 REPO = Path(__file__).resolve().parents[1]
 SEG_SIZE = (64, 128)
@@ -57,8 +56,12 @@ def _distiller(cfg: Config, terms=None):
     teacher['_scope_'] = cfg.default_scope
     with DefaultScope.overwrite_default_scope(cfg.default_scope):
         distiller = MODELS.build(
-            dict(type='mmdist.Distiller', student=model, teacher=teacher,
-                 distill_terms=terms, teacher_check_iters=0))
+            dict(
+                type='mmdist.Distiller',
+                student=model,
+                teacher=teacher,
+                distill_terms=terms,
+                teacher_check_iters=0))
     distiller.student.init_weights()
     return distiller
 
@@ -73,8 +76,8 @@ def _num_classes(model: dict, default: int) -> int:
     roi = model.get('roi_head')
     if roi:
         box = roi['bbox_head']
-        return (box[0] if isinstance(box, (list, tuple)) else
-                box)['num_classes']
+        return (box[0] if isinstance(box,
+                                     (list, tuple)) else box)['num_classes']
     return default
 
 
@@ -83,12 +86,16 @@ def _batch(zoo: ZooModel, cfg: Config):
     classes = _num_classes(cfg.model, 80)
     if package == 'mmdet':
         size = zoo.input_size or (128, 128)
-        with_mask = 'mask' in str(cfg.model.get('roi_head', {}).get(
-            'mask_head', '')) or cfg.model.get('mask_head') is not None
+        with_mask = 'mask' in str(
+            cfg.model.get('roi_head', {}).get(
+                'mask_head', '')) or cfg.model.get('mask_head') is not None
         from mmdet.testing import demo_mm_inputs
-        return demo_mm_inputs(batch_size=2, image_shapes=[(3, *size)] * 2,
-                              num_items=[3, 3], num_classes=classes,
-                              with_mask=with_mask)
+        return demo_mm_inputs(
+            batch_size=2,
+            image_shapes=[(3, *size)] * 2,
+            num_items=[3, 3],
+            num_classes=classes,
+            with_mask=with_mask)
     if package == 'mmseg':
         batch = seg_batch(num_classes=classes, size=zoo.input_size or SEG_SIZE)
         for sample in batch['data_samples']:
@@ -117,8 +124,8 @@ def _spread(module: torch.nn.Module) -> None:
     with torch.no_grad():
         for param in module.parameters():
             if param.dim() > 1:
-                param.add_(0.05 * torch.randn(param.shape,
-                                              generator=generator))
+                param.add_(0.05 *
+                           torch.randn(param.shape, generator=generator))
 
 
 def _calibrate_bn(distiller, inputs: torch.Tensor) -> None:
@@ -132,15 +139,17 @@ def _calibrate_bn(distiller, inputs: torch.Tensor) -> None:
     the random one the same.
     """
     teacher = distiller.teacher
-    norms = [m for m in teacher.modules()
-             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    norms = [
+        m for m in teacher.modules()
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+    ]
     for norm in norms:
         norm.reset_running_stats()
         norm.momentum = None
     teacher.train()
     with torch.no_grad():
-        distiller.teacher_forward.features(
-            teacher, distiller.renormalise(inputs))
+        distiller.teacher_forward.features(teacher,
+                                           distiller.renormalise(inputs))
     teacher.eval()
 
 
@@ -174,11 +183,14 @@ def test_family(zoo: ZooModel):
     terms = list(distiller.terms)
     assert len(terms) >= len(expected)
     for term in terms:
-        assert any(re.match(_pattern(p), term.student_module)
-                   for p in expected), (term.student_module, expected)
+        assert any(
+            re.match(_pattern(p), term.student_module)
+            for p in expected), (term.student_module, expected)
         activation = getattr(term.loss, 'activation', None)
-        listed = [a for p, _, a in rows
-                  if re.match(_pattern(p), term.student_module)]
+        listed = [
+            a for p, _, a in rows
+            if re.match(_pattern(p), term.student_module)
+        ]
         assert activation == listed[0], (term.student_module, listed)
 
     for term in terms:

@@ -90,8 +90,8 @@ def test_pairs_are_read_from_the_dataflow():
     assert ('grouped', 'grouped_bn') not in kept
     # Training-mode BatchNorm normalises by the batch: never folded.
     model.stem[1].train()
-    assert ('stem.0', 'stem.1') not in find_conv_bn_pairs(
-        model, lambda: model(x))
+    assert ('stem.0',
+            'stem.1') not in find_conv_bn_pairs(model, lambda: model(x))
 
 
 @pytest.mark.parametrize('dtype,tolerance', [(torch.float64, 1e-12),
@@ -124,18 +124,18 @@ def tiny_resnet() -> nn.Module:
         def forward(self, x):
             return torch.relu(x + self.body(x))
 
-    return randomise_norms(nn.Sequential(
-        nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
-        Residual(16), Residual(16), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        nn.Linear(16, 10)))
+    return randomise_norms(
+        nn.Sequential(
+            nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16),
+            nn.ReLU(), Residual(16), Residual(16), nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(), nn.Linear(16, 10)))
 
 
 def test_fast_form_against_the_stock_teacher():
     stock = tiny_resnet()
     x = torch.randn(8, 3, 32, 32)
     fast = copy.deepcopy(stock)
-    form = make_fast(fast, torch.bfloat16, lambda: fast(x[:1]),
-                     outputs=['7'])
+    form = make_fast(fast, torch.bfloat16, lambda: fast(x[:1]), outputs=['7'])
     assert form.is_fast and len(form.folded) == 5
     assert fast[0].weight.is_contiguous(memory_format=torch.channels_last)
     inner = []
@@ -162,8 +162,8 @@ def test_float32_form_changes_nothing():
 
 
 def test_to_float32_walks_containers():
-    half = torch.randn(1, 2, 3, 3).to(torch.bfloat16).contiguous(
-        memory_format=torch.channels_last)
+    half = torch.randn(1, 2, 3, 3).to(
+        torch.bfloat16).contiguous(memory_format=torch.channels_last)
     out = to_float32((half, [half], {'a': half}, 3))
     for tensor in (out[0], out[1][0], out[2]['a']):
         assert tensor.dtype == torch.float32 and tensor.is_contiguous()
@@ -201,8 +201,10 @@ def test_the_environment_variable_overrides_the_hardware(
     """MMDIST_BF16 decides for every device, whatever the CPU reports."""
     monkeypatch.setenv(fast_form.BF16_ENV, value)
     for caps in (dict(avx512_bf16=True), dict(avx512_bf16=False)):
-        monkeypatch.setattr(torch.cpu, 'get_capabilities',
-                            lambda caps=caps: dict(cpu_name='CPU', **caps))
+        monkeypatch.setattr(
+            torch.cpu,
+            'get_capabilities',
+            lambda caps=caps: dict(cpu_name='CPU', **caps))
         supported, why = fast_form.bf16_support('cpu')
         assert supported is expected and why.startswith('MMDIST_BF16=')
     dtype, line = resolve_precision('bf16', 'cpu')
@@ -280,7 +282,8 @@ def teacher_records(model, batch, two_stage=False):
             levels = []
             for output in term.teacher_outputs.records:
                 levels += list(output) if isinstance(output,
-                                                     (tuple, list)) else [output]
+                                                     (tuple,
+                                                      list)) else [output]
             records.append([level.clone() for level in levels])
         return records
 
@@ -308,8 +311,7 @@ def two_stage_batch():
 PAIRS = {
     # name: (config, batch, two-stage, extra model keys)
     'retinanet': ('demo/det_student_dist.py', det_demo_batch, False, {}),
-    'deeplabv3 + aux': ('demo/seg_student_dist.py', seg_demo_batch, False,
-                        {}),
+    'deeplabv3 + aux': ('demo/seg_student_dist.py', seg_demo_batch, False, {}),
     'resnet-50': ('mmpretrain/resnet50_to_resnet18_1xb64_cifar100_dist.py',
                   cifar_batch, False, {}),
     # The cascade's box heads on the student's RoIs, RoIAlign in float32
@@ -376,10 +378,10 @@ def test_the_step_and_its_losses_stay_float32(bf16_present):
 
 def test_predict_with_the_teacher_uses_its_form(bf16_present):
     """tools/test.py --teacher: predictions of the fast teacher."""
-    stock = build_pair('demo/seg_student_dist.py', 'float32',
-                       predict_with='teacher')
-    fast = build_pair('demo/seg_student_dist.py', 'bf16',
-                      predict_with='teacher')
+    stock = build_pair(
+        'demo/seg_student_dist.py', 'float32', predict_with='teacher')
+    fast = build_pair(
+        'demo/seg_student_dist.py', 'bf16', predict_with='teacher')
     results = {}
     for key, model in (('stock', stock), ('fast', fast)):
         model.eval()
@@ -393,14 +395,16 @@ def test_predict_with_the_teacher_uses_its_form(bf16_present):
 
 
 def test_fallback_to_float32_is_one_log_line(monkeypatch, logged):
-    monkeypatch.setattr(fast_form, 'bf16_support',
-                        lambda device: (False, 'Old CPU has no bf16'))
+    monkeypatch.setattr(fast_form, 'bf16_support', lambda device:
+                        (False, 'Old CPU has no bf16'))
     model = build_pair('demo/det_student_dist.py', 'bf16')
     assert not model.teacher_form.is_fast
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.teacher.modules())
     lines = [line for line in logged if 'teacher_precision' in line]
-    assert lines == ["teacher_precision='bf16': Old CPU has no bf16, so the "
-                     'teacher runs in float32']
+    assert lines == [
+        "teacher_precision='bf16': Old CPU has no bf16, so the "
+        'teacher runs in float32'
+    ]
 
 
 def test_bf16_absent_keeps_the_stock_teacher(bf16_absent, logged):
@@ -410,16 +414,16 @@ def test_bf16_absent_keeps_the_stock_teacher(bf16_absent, logged):
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.teacher.modules())
     assert [line for line in logged if 'teacher_precision' in line] == [
         "teacher_precision='bf16': MMDIST_BF16=0 reports bf16 absent, so "
-        'the teacher runs in float32']
+        'the teacher runs in float32'
+    ]
 
 
 def test_fp16_refused_and_teacher_autocast_deprecated(logged, bf16_present):
     with pytest.raises(ValueError, match='refused on a CPU'):
         build_pair('demo/det_student_dist.py', 'fp16')
-    model = build_pair('demo/det_student_dist.py', 'float32',
-                       teacher_autocast='bf16')
+    model = build_pair(
+        'demo/det_student_dist.py', 'float32', teacher_autocast='bf16')
     assert model.teacher_precision == 'bf16' and model.teacher_form.is_fast
     assert any('teacher_autocast is deprecated' in line for line in logged)
     with pytest.raises(ValueError, match='contradicts'):
-        build_pair('demo/det_student_dist.py', 'fp16',
-                   teacher_autocast='bf16')
+        build_pair('demo/det_student_dist.py', 'fp16', teacher_autocast='bf16')

@@ -170,26 +170,29 @@ def toy_config(tmp_path: Path,
         hook = dict(type='CheckpointHook', interval=1, by_epoch=True)
     else:
         train_cfg = dict(by_epoch=False, max_iters=8, val_interval=100)
-        hook = dict(type='CheckpointHook', interval=2, by_epoch=False,
-                    max_keep_ckpts=2)
+        hook = dict(
+            type='CheckpointHook',
+            interval=2,
+            by_epoch=False,
+            max_keep_ckpts=2)
     hook.update(checkpoint)
     cfg = dict(
-        custom_imports=dict(imports=['fault_toy', 'mmdist'],
-                            allow_failed_imports=False),
+        custom_imports=dict(
+            imports=['fault_toy', 'mmdist'], allow_failed_imports=False),
         model=dict(type='FaultToyModel'),
         train_dataloader=loader,
-        val_dataloader=dict(loader, sampler=dict(type='DefaultSampler',
-                                                 shuffle=False)),
+        val_dataloader=dict(
+            loader, sampler=dict(type='DefaultSampler', shuffle=False)),
         val_evaluator=dict(type='FaultToyMetric'),
         val_cfg=dict(),
         train_cfg=train_cfg,
-        optim_wrapper=dict(
-            optimizer=dict(type='SGD', lr=0.05, momentum=0.9)),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.05, momentum=0.9)),
         default_hooks=dict(
             checkpoint=hook, logger=dict(type='LoggerHook', interval=1)),
         log_processor=dict(by_epoch=by_epoch),
-        env_cfg=dict(dist_cfg=dict(backend='gloo'),
-                     mp_cfg=dict(mp_start_method='fork')),
+        env_cfg=dict(
+            dist_cfg=dict(backend='gloo'),
+            mp_cfg=dict(mp_start_method='fork')),
         randomness=dict(seed=0),
     )
     name = 'toy_epoch.py' if by_epoch else 'toy_iter.py'
@@ -199,12 +202,16 @@ def toy_config(tmp_path: Path,
 
 
 def env(tmp_path: Path, **extra) -> dict:
-    return dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1',
-                REPO=str(REPO),
-                PYTHONPATH=os.pathsep.join(
-                    [str(tmp_path), str(REPO),
-                     os.environ.get('PYTHONPATH', '')]),
-                **extra)
+    return dict(
+        os.environ,
+        PYTHONUNBUFFERED='1',
+        OMP_NUM_THREADS='1',
+        REPO=str(REPO),
+        PYTHONPATH=os.pathsep.join(
+            [str(tmp_path),
+             str(REPO),
+             os.environ.get('PYTHONPATH', '')]),
+        **extra)
 
 
 def start(tmp_path, config, work, *args, driver=False, **extra):
@@ -216,11 +223,17 @@ def start(tmp_path, config, work, *args, driver=False, **extra):
     else:
         script = REPO / 'tools' / 'train.py'
     log = open(f'{work}.log', 'a')
-    return subprocess.Popen(
-        [sys.executable, str(script), str(config), '--work-dir', str(work),
-         *map(str, args)],
-        cwd=tmp_path, env=env(tmp_path, **extra), stdout=log,
-        stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen([
+        sys.executable,
+        str(script),
+        str(config), '--work-dir',
+        str(work), *map(str, args)
+    ],
+                            cwd=tmp_path,
+                            env=env(tmp_path, **extra),
+                            stdout=log,
+                            stderr=subprocess.STDOUT,
+                            start_new_session=True)
 
 
 def finish(proc, timeout=180) -> int:
@@ -247,8 +260,7 @@ def wait_for(condition, proc, what, timeout=120):
         time.sleep(0.01)
 
 
-def sigterm_when(tmp_path, config, work, marker, group=False,
-                 **extra) -> str:
+def sigterm_when(tmp_path, config, work, marker, group=False, **extra) -> str:
     """Train until ``marker`` is in the log, send SIGTERM (to the whole
     process group with ``group``), expect the documented exit code.
 
@@ -326,11 +338,20 @@ def test_sigkill_inside_checkpoint_write(tmp_path, straight):
     removes the leftover temporary file."""
     config = toy_config(tmp_path, by_epoch=False)
     work = tmp_path / 'work'
-    proc = start(tmp_path, config, work, driver=True, FAULT='stall',
-                 FAULT_TARGET='iter_6.pth')
-    temps = lambda: [p for p in work.glob('.iter_6.pth.*.tmp')  # noqa: E731
-                     if p.stat().st_size > 0]
-    wait_for(lambda: temps(), proc, 'the half-written iter_6.pth')
+    proc = start(
+        tmp_path,
+        config,
+        work,
+        driver=True,
+        FAULT='stall',
+        FAULT_TARGET='iter_6.pth')
+
+    def temps():
+        return [
+            p for p in work.glob('.iter_6.pth.*.tmp') if p.stat().st_size > 0
+        ]
+
+    wait_for(temps, proc, 'the half-written iter_6.pth')
     proc.kill()
     proc.wait()
     assert not (work / 'iter_6.pth').exists()
@@ -348,8 +369,13 @@ def test_sigkill_before_pointer_update(tmp_path, straight):
     the resumed run takes the newer, complete checkpoint."""
     config = toy_config(tmp_path, by_epoch=False)
     work = tmp_path / 'work'
-    proc = start(tmp_path, config, work, driver=True, FAULT='stall_pointer',
-                 FAULT_TARGET='iter_6.pth')
+    proc = start(
+        tmp_path,
+        config,
+        work,
+        driver=True,
+        FAULT='stall_pointer',
+        FAULT_TARGET='iter_6.pth')
     wait_for(lambda: (work / 'iter_6.pth').exists(), proc, 'iter_6.pth')
     time.sleep(0.2)
     proc.kill()
@@ -379,8 +405,13 @@ def test_sigkill_before_first_checkpoint_starts_over(tmp_path, straight):
 def test_disk_full_mid_write_keeps_previous_checkpoint(tmp_path):
     config = toy_config(tmp_path, by_epoch=False)
     work = tmp_path / 'work'
-    proc = start(tmp_path, config, work, driver=True, FAULT='enospc',
-                 FAULT_TARGET='iter_6.pth')
+    proc = start(
+        tmp_path,
+        config,
+        work,
+        driver=True,
+        FAULT='enospc',
+        FAULT_TARGET='iter_6.pth')
     code = finish(proc)
     log = Path(f'{work}.log').read_text()
     assert code != 0
@@ -427,8 +458,8 @@ def test_sigterm_mid_epoch_then_resume(tmp_path, straight):
     order, neither repeating nor skipping a sample."""
     config = toy_config(tmp_path, by_epoch=True)
     work = tmp_path / 'work'
-    log = sigterm_when(tmp_path, config, work, 'Epoch(train) [2][3/8]',
-                       TOY_TRAIN_SLEEP='0.1')
+    log = sigterm_when(
+        tmp_path, config, work, 'Epoch(train) [2][3/8]', TOY_TRAIN_SLEEP='0.1')
     assert 'SIGTERM received: stopped after training iteration' in log
     partial = pointer(work)
     iters = int(partial[len('iter_'):-len('.pth')])
@@ -438,8 +469,7 @@ def test_sigterm_mid_epoch_then_resume(tmp_path, straight):
     log = train(tmp_path, config, work, '--resume')
     assert (f'Resuming inside epoch 2: skipping its first {iters - 8} of 8 '
             'batches') in log
-    assert_same_weights(straight[True] / 'epoch_3.pth',
-                        work / 'epoch_3.pth')
+    assert_same_weights(straight[True] / 'epoch_3.pth', work / 'epoch_3.pth')
     # The mid-epoch checkpoint went once epoch 2's was complete.
     assert not (work / partial).exists()
 
@@ -449,8 +479,8 @@ def test_sigterm_iteration_based_then_resume(tmp_path, straight):
     iter_<n>.pth, which joins the kept checkpoints."""
     config = toy_config(tmp_path, by_epoch=False)
     work = tmp_path / 'work'
-    sigterm_when(tmp_path, config, work, 'Iter(train) [3/8]',
-                 TOY_TRAIN_SLEEP='0.2')
+    sigterm_when(
+        tmp_path, config, work, 'Iter(train) [3/8]', TOY_TRAIN_SLEEP='0.2')
     stopped = pointer(work)
     assert stopped in ('iter_4.pth', 'iter_5.pth'), stopped
     log = train(tmp_path, config, work, '--resume')
@@ -458,19 +488,22 @@ def test_sigterm_iteration_based_then_resume(tmp_path, straight):
     assert_same_weights(straight[False] / 'iter_8.pth', work / 'iter_8.pth')
 
 
-def test_sigterm_to_the_process_group_with_loader_workers(tmp_path,
-                                                           straight):
+def test_sigterm_to_the_process_group_with_loader_workers(tmp_path, straight):
     """As Slurm does: SIGTERM to every process of the job, DataLoader
     workers included; the workers live until the main process has saved
     (torch's own handler would kill them and fail the step)."""
     config = toy_config(tmp_path, by_epoch=True, workers=2)
     work = tmp_path / 'work'
-    sigterm_when(tmp_path, config, work, 'Epoch(train) [2][3/8]', group=True,
-                 TOY_TRAIN_SLEEP='0.1')
+    sigterm_when(
+        tmp_path,
+        config,
+        work,
+        'Epoch(train) [2][3/8]',
+        group=True,
+        TOY_TRAIN_SLEEP='0.1')
     assert pointer(work).startswith('iter_')
     train(tmp_path, config, work, '--resume')
-    assert_same_weights(straight[True] / 'epoch_3.pth',
-                        work / 'epoch_3.pth')
+    assert_same_weights(straight[True] / 'epoch_3.pth', work / 'epoch_3.pth')
 
 
 def test_sigterm_during_validation_then_resume(tmp_path, straight):
@@ -478,8 +511,8 @@ def test_sigterm_during_validation_then_resume(tmp_path, straight):
     (interval 2), so one is written before the exit."""
     config = toy_config(tmp_path, by_epoch=True, interval=2)
     work = tmp_path / 'work'
-    log = sigterm_when(tmp_path, config, work, 'Epoch(val) [1][1/8]',
-                       TOY_VAL_SLEEP='0.3')
+    log = sigterm_when(
+        tmp_path, config, work, 'Epoch(val) [1][1/8]', TOY_VAL_SLEEP='0.3')
     assert ('stopped during validation (abandoned) after training '
             'iteration 8') in log
     assert 'Epoch(val) [1][8/8]' not in log
@@ -487,8 +520,7 @@ def test_sigterm_during_validation_then_resume(tmp_path, straight):
 
     log = train(tmp_path, config, work, '--resume')
     assert 'resumed epoch: 1, iter: 8' in log
-    assert_same_weights(straight[True] / 'epoch_3.pth',
-                        work / 'epoch_3.pth')
+    assert_same_weights(straight[True] / 'epoch_3.pth', work / 'epoch_3.pth')
 
 
 def test_slurm_script_forwards_sigterm_requeues_and_resumes(tmp_path):
@@ -497,25 +529,33 @@ def test_slurm_script_forwards_sigterm_requeues_and_resumes(tmp_path):
     the job, and the restarted job gets --resume."""
     bin_dir = tmp_path / 'bin'
     bin_dir.mkdir()
-    (bin_dir / 'srun').write_text(textwrap.dedent('''\
+    (bin_dir / 'srun').write_text(
+        textwrap.dedent('''\
         #!/usr/bin/env bash
         echo "srun $*" >> "$CALLS"
         trap 'echo "training got SIGTERM" >> "$CALLS"; exit 143' TERM
         touch "$CALLS.started"
         for _ in $(seq 600); do sleep 0.1; done
         '''))
-    (bin_dir / 'scontrol').write_text(
-        '#!/usr/bin/env bash\necho "scontrol $*" >> "$CALLS"\n')
+    (bin_dir / 'scontrol'
+     ).write_text('#!/usr/bin/env bash\necho "scontrol $*" >> "$CALLS"\n')
     for tool in ('srun', 'scontrol'):
         (bin_dir / tool).chmod(0o755)
     calls = tmp_path / 'calls'
-    script_env = dict(os.environ, PATH=f'{bin_dir}:{os.environ["PATH"]}',
-                      CALLS=str(calls), SLURM_JOB_ID='42',
-                      SLURM_RESTART_COUNT='1')
-    proc = subprocess.Popen(
-        ['bash', str(REPO / 'tools' / 'slurm_train.sh'), 'part', 'job',
-         'cfg.py', 'work'], env=script_env, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True)
+    script_env = dict(
+        os.environ,
+        PATH=f'{bin_dir}:{os.environ["PATH"]}',
+        CALLS=str(calls),
+        SLURM_JOB_ID='42',
+        SLURM_RESTART_COUNT='1')
+    proc = subprocess.Popen([
+        'bash',
+        str(REPO / 'tools' / 'slurm_train.sh'), 'part', 'job', 'cfg.py', 'work'
+    ],
+                            env=script_env,
+                            stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT,
+                            text=True)
     started = Path(f'{calls}.started')
     wait_for(started.exists, proc, 'srun')
     proc.send_signal(signal.SIGTERM)
@@ -550,13 +590,18 @@ def _rank_of(pid: int) -> str:
 def start_two_ranks(tmp_path, config, work, *args, **extra):
     import random
     log = open(f'{work}.log', 'a')
-    return subprocess.Popen(
-        [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node',
-         '2', '--master_port', str(random.randint(20000, 40000)),
-         str(REPO / 'tools' / 'train.py'), str(config), '--work-dir',
-         str(work), '--launcher', 'pytorch', *map(str, args)],
-        cwd=tmp_path, env=env(tmp_path, **extra), stdout=log,
-        stderr=subprocess.STDOUT)
+    return subprocess.Popen([
+        sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2',
+        '--master_port',
+        str(random.randint(20000, 40000)),
+        str(REPO / 'tools' / 'train.py'),
+        str(config), '--work-dir',
+        str(work), '--launcher', 'pytorch', *map(str, args)
+    ],
+                            cwd=tmp_path,
+                            env=env(tmp_path, **extra),
+                            stdout=log,
+                            stderr=subprocess.STDOUT)
 
 
 @pytest.mark.heavy

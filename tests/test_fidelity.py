@@ -25,16 +25,19 @@ from mmdist.distillers import load_teacher_config
 from mmdist.testing import strip_pretrained
 from mmdist.utils import build_model
 
-ALL = [c for task in ('mmdet', 'mmseg', 'mmpretrain')
-       for c in shipped_configs(task)]
+ALL = [
+    c for task in ('mmdet', 'mmseg', 'mmpretrain')
+    for c in shipped_configs(task)
+]
 DIST = [c for c in ALL if c.endswith('_dist.py')]
 HEAVY = ('cascade-mask-rcnn', 'resnet152', 'segformer')
 
 
 def marked(paths):
     return [
-        pytest.param(p, marks=pytest.mark.heavy) if any(
-            h in p for h in HEAVY) else p for p in paths
+        pytest.param(p, marks=pytest.mark.heavy) if any(h in p
+                                                        for h in HEAVY) else p
+        for p in paths
     ]
 
 
@@ -93,8 +96,10 @@ def flat_tensors(out) -> list:
             for t in flat_tensors(value)
         ]
     if hasattr(out, 'keys') and hasattr(out, 'values'):
-        return [t for key in sorted(out.keys()) for t in flat_tensors(
-            out.get(key))]
+        return [
+            t for key in sorted(out.keys())
+            for t in flat_tensors(out.get(key))
+        ]
     return []
 
 
@@ -106,8 +111,11 @@ def assert_outputs_equal(ours, stock, atol=0., rtol=0.):
         torch.testing.assert_close(x, y, atol=atol, rtol=rtol)
 
 
-def check_pair(path: str, tmp_path, teacher_preprocessor=None,
-               student_preprocessor=None, tolerance=0.):
+def check_pair(path: str,
+               tmp_path,
+               teacher_preprocessor=None,
+               student_preprocessor=None,
+               tolerance=0.):
     cfg = load_offline(path)
     # What the teacher sees (pixels, weights), exactly: the float32 teacher.
     # Its fast form, which the detection and segmentation configs ship
@@ -135,8 +143,7 @@ def check_pair(path: str, tmp_path, teacher_preprocessor=None,
     if path.startswith('mmpretrain'):
         student_cfg.model.head.num_classes = classes
     stock_student = stock_model(student_cfg, student_cfg.model, tmp_path)
-    stock_student.load_state_dict(distiller.student.state_dict(),
-                                  strict=True)
+    stock_student.load_state_dict(distiller.student.state_dict(), strict=True)
     with torch.no_grad():
         ours = distiller.test_step(copy.deepcopy(batch))
         stock = stock_student.test_step(copy.deepcopy(batch))
@@ -147,20 +154,19 @@ def check_pair(path: str, tmp_path, teacher_preprocessor=None,
     scope = teacher_model.pop('_scope_', None)
     teacher_cfg = Config(dict(default_scope=scope or cfg.default_scope))
     stock_teacher = stock_model(teacher_cfg, teacher_model, tmp_path)
-    stock_teacher.load_state_dict(distiller.teacher.state_dict(),
-                                  strict=True)
+    stock_teacher.load_state_dict(distiller.teacher.state_dict(), strict=True)
     with torch.no_grad():
         student_data = distiller.data_preprocessor(copy.deepcopy(batch))
         teacher_in = distiller.renormalise(student_data['inputs'],
                                            student_data['data_samples'])
-        ours = distiller.teacher(teacher_in, student_data['data_samples'],
-                                 mode='tensor')
+        ours = distiller.teacher(
+            teacher_in, student_data['data_samples'], mode='tensor')
         own = stock_teacher.data_preprocessor(copy.deepcopy(batch))
-        stock = stock_teacher(own['inputs'], own['data_samples'],
-                              mode='tensor')
+        stock = stock_teacher(
+            own['inputs'], own['data_samples'], mode='tensor')
         if distiller.renormalise.needed:
-            torch.testing.assert_close(teacher_in, own['inputs'],
-                                       atol=1e-4, rtol=1e-5)
+            torch.testing.assert_close(
+                teacher_in, own['inputs'], atol=1e-4, rtol=1e-5)
         else:
             assert torch.equal(teacher_in, own['inputs'])
     assert_outputs_equal(ours, stock, atol=tolerance, rtol=tolerance)
@@ -177,22 +183,29 @@ def test_student_and_teacher_see_what_their_configs_declare(path, tmp_path):
 @pytest.mark.parametrize('path', [p for p in ALL if p.endswith('_kd.py')])
 def test_kd_sibling_has_the_same_models(path):
     kd = Config.fromfile(str(CONFIGS / path)).model
-    dist = Config.fromfile(
-        str(CONFIGS / path.replace('_kd.py', '_dist.py'))).model
+    dist = Config.fromfile(str(CONFIGS /
+                               path.replace('_kd.py', '_dist.py'))).model
     for key in ('student', 'teacher', 'teacher_ckpt'):
         assert kd[key] == dist[key], key
 
 
 # Normalisations that differ between student and teacher; the teacher's
 # input then goes through one affine map, so logits agree to rounding.
-CAFFE_DET = dict(type='DetDataPreprocessor',
-                 mean=[103.530, 116.280, 123.675], std=[1.0, 1.0, 1.0],
-                 bgr_to_rgb=False, pad_size_divisor=32)
-RAW_BGR_CLS = dict(type='ClsDataPreprocessor', num_classes=100,
-                   to_rgb=False)
-CAFFE_SEG = dict(type='SegDataPreProcessor', mean=[103.53, 116.28, 123.675],
-                 std=[1., 1., 1.], bgr_to_rgb=False, pad_val=0,
-                 seg_pad_val=255, size=(64, 128))
+CAFFE_DET = dict(
+    type='DetDataPreprocessor',
+    mean=[103.530, 116.280, 123.675],
+    std=[1.0, 1.0, 1.0],
+    bgr_to_rgb=False,
+    pad_size_divisor=32)
+RAW_BGR_CLS = dict(type='ClsDataPreprocessor', num_classes=100, to_rgb=False)
+CAFFE_SEG = dict(
+    type='SegDataPreProcessor',
+    mean=[103.53, 116.28, 123.675],
+    std=[1., 1., 1.],
+    bgr_to_rgb=False,
+    pad_val=0,
+    seg_pad_val=255,
+    size=(64, 128))
 
 
 @pytest.mark.parametrize('path,teacher_pp', [
@@ -202,15 +215,16 @@ CAFFE_SEG = dict(type='SegDataPreProcessor', mean=[103.53, 116.28, 123.675],
      '512x1024_dist.py', CAFFE_SEG),
 ])
 def test_teacher_with_another_normalisation(path, teacher_pp, tmp_path):
-    distiller = check_pair(path, tmp_path, teacher_preprocessor=teacher_pp,
-                           tolerance=2e-4)
+    distiller = check_pair(
+        path, tmp_path, teacher_preprocessor=teacher_pp, tolerance=2e-4)
     assert distiller.renormalise.needed
 
 
 def test_student_without_normalisation_teacher_with(tmp_path):
     """A student that takes raw BGR pixels, a teacher that normalises RGB."""
     distiller = check_pair(
-        'mmpretrain/resnet34_to_resnet18_8xb32_in1k_dist.py', tmp_path,
+        'mmpretrain/resnet34_to_resnet18_8xb32_in1k_dist.py',
+        tmp_path,
         student_preprocessor=dict(type='ClsDataPreprocessor', to_rgb=False),
         tolerance=2e-4)
     assert distiller.renormalise.needed

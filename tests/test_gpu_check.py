@@ -128,12 +128,12 @@ def test_fast_form_rows(cpu_run):
 
 
 def test_missing_wheel_folder_is_refused(tmp_path):
-    proc = subprocess.run(['bash', str(SCRIPT),
-                           str(tmp_path / 'none')],
-                          env=dict(os.environ, OUT=str(tmp_path)),
-                          capture_output=True,
-                          text=True,
-                          timeout=60)
+    proc = subprocess.run(
+        ['bash', str(SCRIPT), str(tmp_path / 'none')],
+        env=dict(os.environ, OUT=str(tmp_path)),
+        capture_output=True,
+        text=True,
+        timeout=60)
     assert proc.returncode == 2
     assert 'no wheels' in proc.stderr
 

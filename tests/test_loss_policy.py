@@ -16,12 +16,12 @@ from mmdist.losses.blocks import (CPU_BLOCK_ELEMENTS, block_elements,
                                   split_blocks)
 
 
-def published_dist(student, teacher, activation, tau=1.0, beta=1.0,
-                   gamma=1.0):
+def published_dist(student, teacher, activation, tau=1.0, beta=1.0, gamma=1.0):
     """DIST as its authors published it: every channel of a position is a
     column, rows by inter-class Pearson (row-centred cosine), columns by
     intra-class Pearson (column-centred cosine, through a transpose),
     autograd backward."""
+
     def rows(x):
         if x.dim() == 2:
             return x
@@ -32,9 +32,11 @@ def published_dist(student, teacher, activation, tau=1.0, beta=1.0,
                 if activation == 'softmax' else torch.sigmoid(x / tau))
 
     def pearson(a, b):
-        return F.cosine_similarity(a - a.mean(1, keepdim=True),
-                                   b - b.mean(1, keepdim=True), dim=1,
-                                   eps=1e-8)
+        return F.cosine_similarity(
+            a - a.mean(1, keepdim=True),
+            b - b.mean(1, keepdim=True),
+            dim=1,
+            eps=1e-8)
 
     y_s, y_t = act(rows(student)), act(rows(teacher.detach()))
     inter = 1 - pearson(y_s, y_t).mean()
@@ -89,11 +91,13 @@ def test_policy_per_device_and_override():
             pass
 
 
-@pytest.mark.parametrize('shape, elements', [
-    ((403200, 80, 1), 1 << 17), ((2, 19, 524288), 1 << 17),
-    ((18, 80, 22400), 1 << 24), ((2, 720, 16800), 1 << 24),
-    ((3, 5, 7), 4), ((1, 81, 1), 10), ((0, 4, 3), 8), ((7, 1, 1), 1 << 17)
-])
+@pytest.mark.parametrize('shape, elements', [((403200, 80, 1), 1 << 17),
+                                             ((2, 19, 524288), 1 << 17),
+                                             ((18, 80, 22400), 1 << 24),
+                                             ((2, 720, 16800), 1 << 24),
+                                             ((3, 5, 7), 4), ((1, 81, 1), 10),
+                                             ((0, 4, 3), 8),
+                                             ((7, 1, 1), 1 << 17)])
 def test_split_blocks_cover_once_within_budget(shape, elements):
     g, c, p = shape
     blocks = split_blocks(shape, elements)
@@ -130,11 +134,11 @@ def test_gpu_policy_launches_and_matches_cpu_policy(name):
     teacher = 2 * torch.randn(shape, generator=gen)
     dist = DISTLoss(activation=activation)
     with force_block_policy('gpu'):
-        assert len(split_blocks(
-            (shape[0], shape[1], student[0, 0].numel()),
-            block_elements(student.device))) <= 2
-        ops = top_level_aten_ops(lambda: forward_backward(
-            dist, student, teacher))
+        assert len(
+            split_blocks((shape[0], shape[1], student[0, 0].numel()),
+                         block_elements(student.device))) <= 2
+        ops = top_level_aten_ops(
+            lambda: forward_backward(dist, student, teacher))
         loss, grad = forward_backward(dist, student, teacher)
     published_ops = top_level_aten_ops(lambda: forward_backward(
         lambda s, t: published_dist(s, t, activation), student, teacher))

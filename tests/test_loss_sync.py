@@ -45,8 +45,11 @@ def _rows_case(act, counts, weights=None, classes=7, seed=0, **loss_kwargs):
         elif weights is not None:  # one constant per rank
             w = torch.full((n, ), float(weights[rank]))
         parts.append((x, t, w))
-    return dict(model='linear', classes=classes, parts=parts,
-                loss=dict(activation=act, **loss_kwargs))
+    return dict(
+        model='linear',
+        classes=classes,
+        parts=parts,
+        loss=dict(activation=act, **loss_kwargs))
 
 
 def _dense_case(seed=1):
@@ -60,32 +63,45 @@ def _dense_case(seed=1):
         t = torch.randn(n, anchors * classes, size, size, generator=gen)
         w = (torch.rand(n, size, size, generator=gen) > 0.3).float()
         parts.append((x, t, w))
-    return dict(model='conv', classes=anchors * classes, parts=parts,
-                loss=dict(activation='sigmoid', num_classes=classes))
+    return dict(
+        model='conv',
+        classes=anchors * classes,
+        parts=parts,
+        loss=dict(activation='sigmoid', num_classes=classes))
 
 
 CASES = {
-    'softmax_equal': _rows_case('softmax', (6, 6), tau=2., beta=1.5,
-                                gamma=0.5),
-    'sigmoid_unequal': _rows_case('sigmoid', (3, 9), seed=2),
-    'softmax_weighted_unequal': _rows_case('softmax', (4, 7), 'random',
-                                           seed=3, loss_weight=2.),
-    'sigmoid_weighted_unequal': _rows_case('sigmoid', (8, 5), 'random',
-                                           seed=4, tau=4.),
-    'sigmoid_rank_without_weight': _rows_case('sigmoid', (5, 2), (1., 0.),
-                                              seed=5),
-    'softmax_rank_without_rows': _rows_case('softmax', (7, 0), seed=6),
-    'softmax_no_weight_anywhere': _rows_case('softmax', (3, 4), (0., 0.),
-                                             seed=7),
+    'softmax_equal':
+    _rows_case('softmax', (6, 6), tau=2., beta=1.5, gamma=0.5),
+    'sigmoid_unequal':
+    _rows_case('sigmoid', (3, 9), seed=2),
+    'softmax_weighted_unequal':
+    _rows_case('softmax', (4, 7), 'random', seed=3, loss_weight=2.),
+    'sigmoid_weighted_unequal':
+    _rows_case('sigmoid', (8, 5), 'random', seed=4, tau=4.),
+    'sigmoid_rank_without_weight':
+    _rows_case('sigmoid', (5, 2), (1., 0.), seed=5),
+    'softmax_rank_without_rows':
+    _rows_case('softmax', (7, 0), seed=6),
+    'softmax_no_weight_anywhere':
+    _rows_case('softmax', (3, 4), (0., 0.), seed=7),
     # One weighted row in the global batch: every column has one value,
     # the intra-class term passes exactly no gradient (beta=0).
-    'softmax_one_row_in_all': _rows_case('softmax', (3, 1), (0., 1.),
-                                         classes=80, seed=8, beta=0.),
-    'sigmoid_dense_blocks': _dense_case(),
+    'softmax_one_row_in_all':
+    _rows_case('softmax', (3, 1), (0., 1.), classes=80, seed=8, beta=0.),
+    'sigmoid_dense_blocks':
+    _dense_case(),
     # A nearly constant student: rows and columns at DISTLoss's floor.
-    'softmax_student_at_floor': dict(
-        _rows_case('softmax', (5, 6), 'random', classes=12, seed=9,
-                   beta=2., gamma=2., tau=4.),
+    'softmax_student_at_floor':
+    dict(
+        _rows_case(
+            'softmax', (5, 6),
+            'random',
+            classes=12,
+            seed=9,
+            beta=2.,
+            gamma=2.,
+            tau=4.),
         model='tiny'),
 }
 
@@ -108,9 +124,11 @@ def _loss_and_grads(model, case, x, t, w, sync):
     loss, parts = loss_fn(model(x), t, w, return_parts=True)
     loss.backward()
     params = model.module if isinstance(model, DDP) else model
-    return dict(loss=loss.detach(), inter=parts['inter'],
-                intra=parts['intra'],
-                grads=[p.grad.clone() for p in params.parameters()])
+    return dict(
+        loss=loss.detach(),
+        inter=parts['inter'],
+        intra=parts['intra'],
+        grads=[p.grad.clone() for p in params.parameters()])
 
 
 def single_process(case):
@@ -118,8 +136,8 @@ def single_process(case):
     xs, ts, ws = zip(*case['parts'])
     w = None if ws[0] is None else torch.cat(ws)
     model = _model(case['model'], case['classes'])
-    return _loss_and_grads(model, case, torch.cat(xs), torch.cat(ts), w,
-                           sync=False)
+    return _loss_and_grads(
+        model, case, torch.cat(xs), torch.cat(ts), w, sync=False)
 
 
 # ------------------------------------------------------ the 2-process run
@@ -156,7 +174,9 @@ def _worker(rank, port, out_dir):
     os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group(
-        'gloo', rank=rank, world_size=WORLD,
+        'gloo',
+        rank=rank,
+        world_size=WORLD,
         timeout=datetime.timedelta(seconds=60))
     try:
         results = {}
@@ -189,15 +209,17 @@ def test_two_ranks_equal_one_process_on_the_whole_batch(ranks, name):
     for rank in ranks:
         got = rank[name]
         for key in ('loss', 'inter', 'intra'):
-            assert torch.allclose(got[key], ref[key], **TOLERANCE), (
-                name, key, float(got[key]), float(ref[key]))
+            assert torch.allclose(got[key], ref[key],
+                                  **TOLERANCE), (name, key, float(got[key]),
+                                                 float(ref[key]))
         for mine, theirs in zip(got['grads'], ref['grads']):
             # float32 rounding scales with the gradient (the student at the
             # floor has gradients of ~70 w.r.t. its 1e-5-scaled weights).
             scale = float(theirs.abs().max()) or 1.
             atol = TOLERANCE['atol'] * max(1., scale)
-            assert torch.allclose(mine, theirs, TOLERANCE['rtol'], atol), (
-                name, float((mine - theirs).abs().max()))
+            assert torch.allclose(mine, theirs, TOLERANCE['rtol'],
+                                  atol), (name,
+                                          float((mine - theirs).abs().max()))
             worst = max(worst, float((mine - theirs).abs().max()) / scale)
     print(f'{name}: loss {float(ranks[0][name]["loss"]):.6f} (one process '
           f'{float(ref["loss"]):.6f}), largest gradient difference '
@@ -225,17 +247,17 @@ def test_nonfinite_teacher_on_one_rank_skips_on_all(ranks):
 
 
 # ------------------------------------------------- without process group
-@pytest.mark.parametrize('name', ['softmax_weighted_unequal',
-                                  'sigmoid_dense_blocks'])
+@pytest.mark.parametrize('name',
+                         ['softmax_weighted_unequal', 'sigmoid_dense_blocks'])
 def test_without_process_group_sync_changes_nothing(name):
     assert not dist.is_initialized()
     case = copy.deepcopy(CASES[name])
     xs, ts, ws = zip(*case['parts'])
     args = (torch.cat(xs), torch.cat(ts), torch.cat(ws))
-    on = _loss_and_grads(_model(case['model'], case['classes']), case,
-                         *args, sync=True)
-    off = _loss_and_grads(_model(case['model'], case['classes']), case,
-                          *args, sync=False)
+    on = _loss_and_grads(
+        _model(case['model'], case['classes']), case, *args, sync=True)
+    off = _loss_and_grads(
+        _model(case['model'], case['classes']), case, *args, sync=False)
     assert torch.equal(on['loss'], off['loss'])
     assert all(torch.equal(a, b) for a, b in zip(on['grads'], off['grads']))
 
@@ -287,8 +309,7 @@ def test_two_process_training_equals_one_process_global_batch(tmp_path):
     and far below a real error: without sync each rank normalises over its
     own two images and the weights differ by a sizeable part of the update.
     """
-    from helpers import (REDUCTION_ORDER_BOUND, save_initial_student,
-                         weight_gap)
+    from helpers import REDUCTION_ORDER_BOUND, save_initial_student, weight_gap
     from test_e2e_classification import tiny_classification_config
     from test_multiprocess import fixed_order_config, write_ann_file
     steps, per_rank = 3, 2
@@ -299,8 +320,10 @@ def test_two_process_training_equals_one_process_global_batch(tmp_path):
     assert write_ann_file(root, natural, range(total)) >= total
     # DefaultSampler(shuffle=False) deals rank r the samples r, r+2, ...;
     # the single process takes both ranks' step-s pairs as its step-s batch.
-    dealt = [i for s in range(steps) for r in range(WORLD)
-             for i in range(r, total, WORLD)[s * per_rank:(s + 1) * per_rank]]
+    dealt = [
+        i for s in range(steps) for r in range(WORLD)
+        for i in range(r, total, WORLD)[s * per_rank:(s + 1) * per_rank]
+    ]
     joined = tmp_path / 'joined.txt'
     write_ann_file(root, joined, dealt)
 
@@ -329,20 +352,31 @@ def test_two_process_training_equals_one_process_global_batch(tmp_path):
     two, _ = config(natural, per_rank, 'two_processes')
     one, _ = config(joined, WORLD * per_rank, 'one_process')
     port = str(random.randint(20000, 40000))
-    run_tool('dist_train.sh', two, WORLD, '--work-dir', tmp_path / 'two',
-             env=dict(PORT=port, OMP_NUM_THREADS='1'))
+    run_tool(
+        'dist_train.sh',
+        two,
+        WORLD,
+        '--work-dir',
+        tmp_path / 'two',
+        env=dict(PORT=port, OMP_NUM_THREADS='1'))
     # The one-process run twice: with the host's kernels, and with AVX2
     # kernels (oneDNN and ATen vectorised 8 floats wide instead of 16), which
     # sums in another order; on an AVX2-only CPU both runs are the same.
-    isa = dict(native={}, avx2=dict(ONEDNN_MAX_CPU_ISA='AVX2',
-                                    ATEN_CPU_CAPABILITY='avx2'))
+    isa = dict(
+        native={},
+        avx2=dict(ONEDNN_MAX_CPU_ISA='AVX2', ATEN_CPU_CAPABILITY='avx2'))
     for name, env in isa.items():
-        run_tool('train.py', one, '--work-dir', tmp_path / f'one_{name}',
-                 env=dict(OMP_NUM_THREADS='1', **env))
+        run_tool(
+            'train.py',
+            one,
+            '--work-dir',
+            tmp_path / f'one_{name}',
+            env=dict(OMP_NUM_THREADS='1', **env))
 
     def weights(run):
-        state = torch.load(tmp_path / run / f'iter_{steps}.pth',
-                           weights_only=True)['state_dict']
+        state = torch.load(
+            tmp_path / run / f'iter_{steps}.pth',
+            weights_only=True)['state_dict']
         return {k: v for k, v in state.items() if k.startswith('student.')}
 
     one, avx2, two = weights('one_native'), weights('one_avx2'), weights('two')

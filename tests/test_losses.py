@@ -68,8 +68,15 @@ def close(a, b, tol=1e-5):
 
 
 # ---------------------------------------------------------------- DISTLoss
-def autograd_dist(s, t, act='softmax', w=None, beta=1., gamma=1., tau=1.,
-                  eps=1e-8, floor=0.):
+def autograd_dist(s,
+                  t,
+                  act='softmax',
+                  w=None,
+                  beta=1.,
+                  gamma=1.,
+                  tau=1.,
+                  eps=1e-8,
+                  floor=0.):
     """The same formula, vectorised, float64, for autograd: per-norm eps
     clamp, cosine of centred vectors, weighted column means and
     (co)variances. ``vector_norm`` passes no gradient at a zero norm (a
@@ -101,13 +108,17 @@ def grads(s, t, w=None, **kwargs):
     s = s.detach().requires_grad_()
     DISTLoss(**kwargs)(s, t, weight=w).backward()
     s64 = s.detach().double().requires_grad_()
-    autograd_dist(s64, t, kwargs.get('activation', 'softmax'), w,
-                  kwargs.get('beta', 1.), kwargs.get('gamma', 1.),
-                  kwargs.get('tau', 1.),
-                  floor=kwargs.get(
-                      'floor',
-                      DEFAULT_FLOORS[kwargs.get('activation',
-                                                'softmax')])).backward()
+    autograd_dist(
+        s64,
+        t,
+        kwargs.get('activation', 'softmax'),
+        w,
+        kwargs.get('beta', 1.),
+        kwargs.get('gamma', 1.),
+        kwargs.get('tau', 1.),
+        floor=kwargs.get('floor',
+                         DEFAULT_FLOORS[kwargs.get('activation',
+                                                   'softmax')])).backward()
     return s.grad, s64.grad
 
 
@@ -158,13 +169,15 @@ def test_dist_dense_num_classes_layout():
     s = torch.randn(2, anchors * classes, 4, 3)
     t = torch.randn(2, anchors * classes, 4, 3)
     loss = DISTLoss(activation='sigmoid', num_classes=classes)(s, t)
-    ref = plain_dist(dense_rows(s, classes), dense_rows(t, classes),
-                     act='sigmoid')
+    ref = plain_dist(
+        dense_rows(s, classes), dense_rows(t, classes), act='sigmoid')
     assert close(loss, ref)
     # The authors' layout: all A*C channels of a position form one row.
     loss_k = DISTLoss(activation='sigmoid')(s, t)
-    ref_k = plain_dist(dense_rows(s, anchors * classes),
-                       dense_rows(t, anchors * classes), act='sigmoid')
+    ref_k = plain_dist(
+        dense_rows(s, anchors * classes),
+        dense_rows(t, anchors * classes),
+        act='sigmoid')
     assert close(loss_k, ref_k)
     assert not close(loss, loss_k)
 
@@ -317,8 +330,8 @@ def test_dist_low_precision_matches_upcast_autograd(dtype, tol, act, policy):
     assert rel_err(s.grad, s64.grad) < tol  # the gradient's own rounding
     # A batch of one in half precision: intra passes exactly nothing.
     one = torch.randn(1, 80).to(dtype).requires_grad_()
-    DISTLoss(activation=act, beta=0.)(one, torch.randn(1, 80).to(dtype)
-                                      ).backward()
+    DISTLoss(
+        activation=act, beta=0.)(one, torch.randn(1, 80).to(dtype)).backward()
     assert torch.equal(one.grad, torch.zeros_like(one.grad))
 
 
@@ -333,7 +346,8 @@ def test_dist_shape_mismatch_names_both_shapes():
     with pytest.raises(ValueError, match=r'\(4, 3\).*\(4, 5\)'):
         DISTLoss()(torch.randn(4, 3), torch.randn(4, 5))
     with pytest.raises(ValueError, match='num_classes=7'):
-        DISTLoss(num_classes=7)(torch.randn(2, 9, 2, 2), torch.randn(2, 9, 2, 2))
+        DISTLoss(num_classes=7)(torch.randn(2, 9, 2, 2),
+                                torch.randn(2, 9, 2, 2))
     with pytest.raises(ValueError, match='weight'):
         DISTLoss()(torch.randn(4, 3), torch.randn(4, 3), torch.ones(5))
     with pytest.raises(ValueError, match='activation'):
@@ -350,19 +364,22 @@ def test_dist_identical_predictions_give_zero():
     assert float(DISTLoss()(t + 3.0, t)) == pytest.approx(0, abs=1e-6)
 
 
-@pytest.mark.parametrize('loss, name, value', [
-    (DISTLoss, 'beta', -1.), (DISTLoss, 'gamma', -0.5),
-    (DISTLoss, 'loss_weight', -2.), (DISTLoss, 'beta', math.nan),
-    (DISTLoss, 'tau', 0.), (DISTLoss, 'tau', -1.), (DISTLoss, 'tau', math.nan),
-    (DISTLoss, 'tau', math.inf), (DISTLoss, 'eps', 0.),
-    (DISTLoss, 'eps', -1e-8), (DISTLoss, 'eps', math.nan),
-    (DISTLoss, 'eps', math.inf), (KDLoss, 'tau', 0.), (KDLoss, 'tau', -1.),
-    (KDLoss, 'tau', math.nan), (KDLoss, 'tau', math.inf),
-    (KDLoss, 'loss_weight', -1.), (KDLoss, 'loss_weight', math.nan)
-])
+@pytest.mark.parametrize('loss, name, value',
+                         [(DISTLoss, 'beta', -1.), (DISTLoss, 'gamma', -0.5),
+                          (DISTLoss, 'loss_weight', -2.),
+                          (DISTLoss, 'beta', math.nan), (DISTLoss, 'tau', 0.),
+                          (DISTLoss, 'tau', -1.), (DISTLoss, 'tau', math.nan),
+                          (DISTLoss, 'tau', math.inf), (DISTLoss, 'eps', 0.),
+                          (DISTLoss, 'eps', -1e-8),
+                          (DISTLoss, 'eps', math.nan),
+                          (DISTLoss, 'eps', math.inf), (KDLoss, 'tau', 0.),
+                          (KDLoss, 'tau', -1.), (KDLoss, 'tau', math.nan),
+                          (KDLoss, 'tau', math.inf),
+                          (KDLoss, 'loss_weight', -1.),
+                          (KDLoss, 'loss_weight', math.nan)])
 def test_invalid_hyper_parameters_rejected_at_construction(loss, name, value):
-    with pytest.raises(ValueError,
-                       match=rf'{loss.__name__} {name} .*got {value!r}'):
+    with pytest.raises(
+            ValueError, match=rf'{loss.__name__} {name} .*got {value!r}'):
         loss(**{name: value})
 
 

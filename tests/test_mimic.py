@@ -39,8 +39,8 @@ def test_feature_loss_is_the_plain_formula():
     assert torch.allclose(loss, 0.5 * ((s - t)**2).mean())
     half = FeatureMSELoss()(s.half(), t.half())
     assert half.dtype == torch.float32
-    assert torch.allclose(half, ((s.half().float() - t.half().float())**2
-                                 ).mean())
+    assert torch.allclose(half,
+                          ((s.half().float() - t.half().float())**2).mean())
     with pytest.raises(ValueError, match='FeatureMSELoss loss_weight'):
         FeatureMSELoss(loss_weight=-1.)
     with pytest.raises(ValueError, match="got 'heavy'"):
@@ -50,9 +50,10 @@ def test_feature_loss_is_the_plain_formula():
 
 
 # ---------------------------------------------------------------- configs
-@pytest.mark.parametrize('path', [
-    RETINA_MIMIC, pytest.param(FASTER_MIMIC, marks=pytest.mark.heavy)
-])
+@pytest.mark.parametrize(
+    'path',
+    [RETINA_MIMIC,
+     pytest.param(FASTER_MIMIC, marks=pytest.mark.heavy)])
 def test_mimic_config_builds_and_steps(path):
     cfg = load_offline(path)
     dist = load_offline(path.replace('_dist_mimic', '_dist'))
@@ -86,8 +87,9 @@ def test_connectors_are_in_training_state_but_not_the_student():
     assert 'terms.1.connector.convs.0.bias' in state
     fresh = build(small_retina_mimic())
     fresh.load_state_dict(state, strict=True)
-    assert torch.equal(connector(fresh).convs[3].weight,
-                       connector(model).convs[3].weight)
+    assert torch.equal(
+        connector(fresh).convs[3].weight,
+        connector(model).convs[3].weight)
     assert not any('connector' in k for k in model.student.state_dict())
 
 
@@ -120,8 +122,8 @@ def test_level_count_mismatch_names_both_modules():
     cfg.model.teacher.bbox_head.anchor_generator.strides = [8, 16, 32, 64]
     cfg.model.distill_terms = cfg.model.distill_terms[1:]
     model = build(cfg)
-    with pytest.raises(RuntimeError,
-                       match=r"student neck gave 5 .* teacher neck gave 4"):
+    with pytest.raises(
+            RuntimeError, match=r"student neck gave 5 .* teacher neck gave 4"):
         train_step(model, det_batch())
 
 
@@ -132,9 +134,10 @@ def test_channel_mismatch_names_both_modules():
     cfg.model.teacher.bbox_head.feat_channels = 128
     cfg.model.distill_terms = cfg.model.distill_terms[1:]
     model = build(cfg)
-    with pytest.raises(ValueError,
-                       match=r'student neck gives .*256.* teacher neck '
-                       r'gives .*128'):
+    with pytest.raises(
+            ValueError,
+            match=r'student neck gives .*256.* teacher neck '
+            r'gives .*128'):
         train_step(model, det_batch())
 
 
@@ -142,9 +145,10 @@ def test_connector_channel_mismatch_names_the_channels():
     cfg = small_retina_mimic()
     cfg.model.distill_terms[1].connector.in_channels = 128
     model = build(cfg)
-    with pytest.raises(ValueError,
-                       match=r'student neck gives 256 channels .* '
-                       r'connector takes 128'):
+    with pytest.raises(
+            ValueError,
+            match=r'student neck gives 256 channels .* '
+            r'connector takes 128'):
         train_step(model, det_batch())
 
 
@@ -153,8 +157,7 @@ def test_skipped_term_keeps_the_connector_in_the_graph():
     takes part in the graph (zero gradient), as DDP needs."""
     model = build(small_retina_mimic())
     model.teacher.neck.register_forward_hook(
-        lambda m, i, out: tuple(o * float('nan') for o in out),
-        prepend=True)
+        lambda m, i, out: tuple(o * float('nan') for o in out), prepend=True)
     model.train()
     data = model.data_preprocessor(det_batch(), True)
     losses = model(**data, mode='loss')
@@ -231,15 +234,19 @@ def test_two_processes_with_connectors_and_skipped_steps(tmp_path):
     config = mimic_detection_config(tmp_path, max_epochs=1)
     (tmp_path / 'poison_hook.py').write_text(POISON)
     cfg = Config.fromfile(str(config))
-    cfg.custom_imports = dict(imports=['mmdist', 'poison_hook'],
-                              allow_failed_imports=False)
+    cfg.custom_imports = dict(
+        imports=['mmdist', 'poison_hook'], allow_failed_imports=False)
     cfg.custom_hooks = [dict(type='PoisonTeacherNeck')]
     cfg.dump(str(config))
     work = tmp_path / 'work'
     port = str(random.randint(20000, 40000))
-    out = run_tool('dist_train.sh', config, 2, '--work-dir', work,
-                   env=dict(PORT=port, OMP_NUM_THREADS='1',
-                            PYTHONPATH=str(tmp_path)))
+    out = run_tool(
+        'dist_train.sh',
+        config,
+        2,
+        '--work-dir',
+        work,
+        env=dict(PORT=port, OMP_NUM_THREADS='1', PYTHONPATH=str(tmp_path)))
     log = out.stdout + out.stderr
     assert 'loss_mimic' in log and 'skipping' in log
     assert (work / 'epoch_1.pth').is_file()

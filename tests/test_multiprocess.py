@@ -34,8 +34,15 @@ def write_ann_file(root, path, order):
     return len(samples)
 
 
-def fixed_order_config(base, root, ann_file, batch_size, iters, lr, path,
-                       accumulate=1, load_from=None):
+def fixed_order_config(base,
+                       root,
+                       ann_file,
+                       batch_size,
+                       iters,
+                       lr,
+                       path,
+                       accumulate=1,
+                       load_from=None):
     """A copy of the tiny classification config that reads ``ann_file`` in
     order (no shuffling, no random augmentation), trains ``iters`` steps
     with SGD at ``lr`` and saves one checkpoint at the end; written to
@@ -76,31 +83,58 @@ def test_two_processes_match_one_with_accumulation(tmp_path):
     assert count >= total
     # DefaultSampler(shuffle=False) gives rank r the samples r, r+2, ...;
     # step s of rank r takes its s-th pair.
-    dealt = [i for s in range(STEPS) for r in (0, 1)
-             for i in range(r, total, 2)[s * PER_RANK:(s + 1) * PER_RANK]]
+    dealt = [
+        i for s in range(STEPS) for r in (0, 1)
+        for i in range(r, total, 2)[s * PER_RANK:(s + 1) * PER_RANK]
+    ]
     interleaved = tmp_path / 'interleaved.txt'
     write_ann_file(root, interleaved, dealt)
 
     init = tmp_path / 'init.pth'
     start = save_initial_student(Config.fromfile(str(base)), init)
-    two = fixed_order_config(base, root, natural, PER_RANK, STEPS, 0.05,
-                             tmp_path / 'two_processes.py', load_from=init)
-    one = fixed_order_config(base, root, interleaved, PER_RANK, 2 * STEPS,
-                             0.05, tmp_path / 'one_process.py', accumulate=2,
-                             load_from=init)
+    two = fixed_order_config(
+        base,
+        root,
+        natural,
+        PER_RANK,
+        STEPS,
+        0.05,
+        tmp_path / 'two_processes.py',
+        load_from=init)
+    one = fixed_order_config(
+        base,
+        root,
+        interleaved,
+        PER_RANK,
+        2 * STEPS,
+        0.05,
+        tmp_path / 'one_process.py',
+        accumulate=2,
+        load_from=init)
     port = str(random.randint(20000, 40000))
-    run_tool('dist_train.sh', two, 2, '--work-dir', tmp_path / 'two',
-             env=dict(PORT=port, OMP_NUM_THREADS='1'))
-    run_tool('train.py', one, '--work-dir', tmp_path / 'one',
-             env=dict(OMP_NUM_THREADS='1'))
+    run_tool(
+        'dist_train.sh',
+        two,
+        2,
+        '--work-dir',
+        tmp_path / 'two',
+        env=dict(PORT=port, OMP_NUM_THREADS='1'))
+    run_tool(
+        'train.py',
+        one,
+        '--work-dir',
+        tmp_path / 'one',
+        env=dict(OMP_NUM_THREADS='1'))
 
     def weights(path):
         state = torch.load(path, weights_only=True)['state_dict']
         # Running BN statistics are per process by design; compare what
         # the optimizer trains.
-        return {k: v for k, v in state.items()
-                if k.startswith('student.') and 'running' not in k
-                and 'num_batches' not in k}
+        return {
+            k: v
+            for k, v in state.items() if k.startswith('student.')
+            and 'running' not in k and 'num_batches' not in k
+        }
 
     a = weights(tmp_path / 'two' / f'iter_{STEPS}.pth')
     b = weights(tmp_path / 'one' / f'iter_{2 * STEPS}.pth')

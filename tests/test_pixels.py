@@ -15,8 +15,9 @@ def _expected(mean, std, bgr_to_rgb):
     matrix = torch.zeros(3, 3, dtype=torch.float64)
     for out, src in enumerate(perm):
         matrix[out, src] = 1 / std[out]
-    bias = -torch.tensor(mean, dtype=torch.float64) / torch.tensor(
-        std, dtype=torch.float64)
+    bias = -torch.tensor(
+        mean, dtype=torch.float64) / torch.tensor(
+            std, dtype=torch.float64)
     return matrix, bias
 
 
@@ -25,16 +26,25 @@ def _seg_preprocessors():
     return {
         # SegNeXt, Mask2Former, SAN: test-time padding to a multiple of 32.
         'test_cfg size_divisor':
-        SegDataPreProcessor(mean=MEAN, std=STD, bgr_to_rgb=True,
-                            size=(64, 64), pad_val=0, seg_pad_val=255,
-                            test_cfg=dict(size_divisor=32)),
+        SegDataPreProcessor(
+            mean=MEAN,
+            std=STD,
+            bgr_to_rgb=True,
+            size=(64, 64),
+            pad_val=0,
+            seg_pad_val=255,
+            test_cfg=dict(size_divisor=32)),
         'test_cfg size':
-        SegDataPreProcessor(mean=MEAN, std=STD, bgr_to_rgb=True,
-                            pad_val=7, seg_pad_val=0,
-                            test_cfg=dict(size=(64, 64))),
+        SegDataPreProcessor(
+            mean=MEAN,
+            std=STD,
+            bgr_to_rgb=True,
+            pad_val=7,
+            seg_pad_val=0,
+            test_cfg=dict(size=(64, 64))),
         'size_divisor':
-        SegDataPreProcessor(mean=MEAN, std=STD, bgr_to_rgb=False,
-                            size_divisor=32),
+        SegDataPreProcessor(
+            mean=MEAN, std=STD, bgr_to_rgb=False, size_divisor=32),
     }
 
 
@@ -51,11 +61,17 @@ def test_seg_student_batch_reaches_teacher_as_its_own():
     """A SegNeXt-style teacher (test-time padding) fed a student batch gets
     exactly what its own preprocessor makes of the images."""
     from mmseg.models import SegDataPreProcessor
-    student = SegDataPreProcessor(mean=[0., 0., 0.], std=[255., 255., 255.],
-                                  bgr_to_rgb=False, size=(64, 128))
-    teacher = SegDataPreProcessor(mean=MEAN, std=STD, bgr_to_rgb=True,
-                                  size=(64, 128),
-                                  test_cfg=dict(size_divisor=32))
+    student = SegDataPreProcessor(
+        mean=[0., 0., 0.],
+        std=[255., 255., 255.],
+        bgr_to_rgb=False,
+        size=(64, 128))
+    teacher = SegDataPreProcessor(
+        mean=MEAN,
+        std=STD,
+        bgr_to_rgb=True,
+        size=(64, 128),
+        test_cfg=dict(size_divisor=32))
     batch = seg_batch(size=(64, 128))
     renorm = InputRenormaliser(student, teacher)
     student_in = student(batch, True)
@@ -68,31 +84,39 @@ def test_det_batch_augments_and_pad_value():
     """MMDet's LSJ configs: BatchFixedSizePad in training, a pad value."""
     from mmdet.models.data_preprocessors import DetDataPreprocessor
     preprocessor = DetDataPreprocessor(
-        mean=MEAN, std=STD, bgr_to_rgb=True, pad_size_divisor=32,
-        pad_value=3, batch_augments=[
+        mean=MEAN,
+        std=STD,
+        bgr_to_rgb=True,
+        pad_size_divisor=32,
+        pad_value=3,
+        batch_augments=[
             # Scoped: another test may have left a default scope set.
-            dict(type='mmdet.BatchFixedSizePad', size=(96, 96),
-                 pad_mask=False)
+            dict(
+                type='mmdet.BatchFixedSizePad', size=(96, 96), pad_mask=False)
         ])
     matrix, bias = pixel_map(preprocessor)
     want_m, want_b = _expected(MEAN, STD, True)
     assert torch.allclose(matrix, want_m, atol=1e-6)
     assert torch.allclose(bias, want_b, atol=1e-5)
-    plain = DetDataPreprocessor(mean=[0., 0., 0.], std=[1., 1., 1.],
-                                pad_size_divisor=32)
+    plain = DetDataPreprocessor(
+        mean=[0., 0., 0.], std=[1., 1., 1.], pad_size_divisor=32)
     renorm = InputRenormaliser(plain, preprocessor)
     batch = det_batch(size=(60, 90), batch=2)
     student_in = plain(batch, False)
     mapped = renorm(student_in['inputs'], student_in['data_samples'])
-    assert torch.allclose(mapped,
-                          preprocessor(det_batch(size=(60, 90), batch=2),
-                                       False)['inputs'], atol=1e-4)
+    assert torch.allclose(
+        mapped,
+        preprocessor(det_batch(size=(60, 90), batch=2), False)['inputs'],
+        atol=1e-4)
 
 
 def test_cls_batch_augments():
     from mmpretrain.models import ClsDataPreprocessor
     preprocessor = ClsDataPreprocessor(
-        mean=MEAN, std=STD, to_rgb=True, num_classes=10,
+        mean=MEAN,
+        std=STD,
+        to_rgb=True,
+        num_classes=10,
         batch_augments=dict(augments=[dict(type='Mixup', alpha=0.8)]))
     matrix, bias = pixel_map(preprocessor)
     want_m, want_b = _expected(MEAN, STD, True)

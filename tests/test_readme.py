@@ -8,8 +8,9 @@ from typing import Dict, List
 
 import pytest
 import yaml
-from helpers import CONFIGS, REPO
 from mmengine.config import Config
+
+from helpers import CONFIGS, REPO
 
 README = REPO / 'README.md'
 BENCHMARKS = REPO / 'docs' / 'en' / 'notes' / 'benchmarks.md'

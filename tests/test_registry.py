@@ -12,7 +12,8 @@ from mmdist.losses import DISTLoss, KDLoss
 def test_loss_builds_from_package_registry(tmp_path, package):
     cfg_file = tmp_path / 'loss_cfg.py'
     cfg_file.write_text(
-        "custom_imports = dict(imports=['mmdist'], allow_failed_imports=False)\n"
+        "custom_imports = dict(imports=['mmdist'], "
+        "allow_failed_imports=False)\n"
         f"default_scope = '{package}'\n"
         "dist = dict(type='mmdist.DISTLoss', beta=2.0, tau=4.0)\n"
         "kd = dict(type='mmdist.KDLoss', tau=4.0)\n")

@@ -71,8 +71,8 @@ def test_nonfinite_guard_counts_each_term():
         assert float(log_vars['loss_dist']) > 0
         assert float(log_vars['loss_dist_aux']) == 0
         assert [t.nonfinite_in_a_row for t in model.terms] == [0, step + 1]
-    with pytest.raises(FloatingPointError,
-                       match=r"3 steps in a row \(term 'dist_aux'\)"):
+    with pytest.raises(
+            FloatingPointError, match=r"3 steps in a row \(term 'dist_aux'\)"):
         train_step(model, seg_batch())
 
 
@@ -156,8 +156,7 @@ def test_unwritable_work_dir_fails_before_training(tmp_path):
     blocker = tmp_path / 'not_a_dir'
     blocker.write_text('a file where the work_dir should go')
     with pytest.raises(AssertionError, match='not writable'):
-        run_tool('train.py', 'configs/' + R34, '--work-dir',
-                 blocker / 'work')
+        run_tool('train.py', 'configs/' + R34, '--work-dir', blocker / 'work')
 
 
 def test_classifier_step_with_batch_statistics_of_two():
@@ -167,9 +166,15 @@ def test_classifier_step_with_batch_statistics_of_two():
 
 
 def test_amp_on_a_cpu_fails_before_building_anything(tmp_path):
-    with pytest.raises(AssertionError,
-                       match='AmpOptimizerWrapper is only available '
-                       'training on gpu'):
-        run_tool('train.py', 'configs/demo/det_student_dist.py', '--amp',
-                 '--work-dir', tmp_path / 'work', timeout=120)
+    with pytest.raises(
+            AssertionError,
+            match='AmpOptimizerWrapper is only available '
+            'training on gpu'):
+        run_tool(
+            'train.py',
+            'configs/demo/det_student_dist.py',
+            '--amp',
+            '--work-dir',
+            tmp_path / 'work',
+            timeout=120)
     assert not list((tmp_path / 'work').glob('*/*.log'))

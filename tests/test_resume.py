@@ -33,9 +33,10 @@ def deterministic_config(tmp_path):
     cfg.default_hooks.checkpoint = dict(
         type='CheckpointHook', interval=2, by_epoch=False)
     cfg.log_processor = dict(by_epoch=False)
-    cfg.env_cfg = dict(cudnn_benchmark=False,
-                       mp_cfg=dict(mp_start_method='fork'),
-                       dist_cfg=dict(backend='gloo'))
+    cfg.env_cfg = dict(
+        cudnn_benchmark=False,
+        mp_cfg=dict(mp_start_method='fork'),
+        dist_cfg=dict(backend='gloo'))
     cfg.randomness = dict(seed=0, deterministic=True)
     cfg.dump(str(path))
     return path
@@ -60,11 +61,16 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     run_tool('train.py', config, '--work-dir', tmp_path / 'straight')
 
     killed = tmp_path / 'killed'
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / 'tools' / 'train.py'), str(config),
-         '--work-dir', str(killed)],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        env=dict(os.environ, PYTHONUNBUFFERED='1'))
+    proc = subprocess.Popen([
+        sys.executable,
+        str(REPO / 'tools' / 'train.py'),
+        str(config), '--work-dir',
+        str(killed)
+    ],
+                            cwd=REPO,
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL,
+                            env=dict(os.environ, PYTHONUNBUFFERED='1'))
     deadline = time.time() + 600
     last = killed / 'last_checkpoint'  # written once a checkpoint is whole
     while not (last.exists() and 'iter_4' in last.read_text()):
@@ -105,11 +111,16 @@ def test_sigterm_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
     work = tmp_path / 'stopped'
     log_path = tmp_path / 'stopped.log'
     with open(log_path, 'w') as log:
-        proc = subprocess.Popen(
-            [sys.executable, str(REPO / 'tools' / 'train.py'), str(path),
-             '--work-dir', str(work)],
-            cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-            env=dict(os.environ, PYTHONUNBUFFERED='1'))
+        proc = subprocess.Popen([
+            sys.executable,
+            str(REPO / 'tools' / 'train.py'),
+            str(path), '--work-dir',
+            str(work)
+        ],
+                                cwd=REPO,
+                                stdout=log,
+                                stderr=subprocess.STDOUT,
+                                env=dict(os.environ, PYTHONUNBUFFERED='1'))
         deadline = time.time() + 600
         # MMEngine pads the batch number: "Epoch(train) [2][ 3/10]".
         while not re.search(r'Epoch\(train\) \[2\]\[ *3/',
@@ -136,25 +147,35 @@ def _toy_runner(work_dir, train_cfg, checkpoint, **kwargs):
     """The toy Runner of test_checkpoint.py, shuffled, with momentum."""
     from test_checkpoint import toy_runner
     return toy_runner(
-        work_dir, train_cfg, checkpoint, shuffle=True, batch_size=2,
-        optimizer=dict(type='SGD', lr=0.05, momentum=0.9), **kwargs)
+        work_dir,
+        train_cfg,
+        checkpoint,
+        shuffle=True,
+        batch_size=2,
+        optimizer=dict(type='SGD', lr=0.05, momentum=0.9),
+        **kwargs)
 
 
 def test_safe_checkpoint_hook_in_a_plain_config(tmp_path):
     """By type name in any MMEngine config: the same files as
     CheckpointHook (best and kept ones included), written atomically."""
-    hook = dict(type='mmdist.SafeCheckpointHook', interval=1, by_epoch=True,
-                max_keep_ckpts=2, save_best='mae', rule='less')
-    runner = _toy_runner(
-        tmp_path, dict(by_epoch=True, max_epochs=3, val_interval=1), hook)
+    hook = dict(
+        type='mmdist.SafeCheckpointHook',
+        interval=1,
+        by_epoch=True,
+        max_keep_ckpts=2,
+        save_best='mae',
+        rule='less')
+    runner = _toy_runner(tmp_path,
+                         dict(by_epoch=True, max_epochs=3, val_interval=1),
+                         hook)
     runner.train()
     names = sorted(p.name for p in tmp_path.iterdir() if p.suffix == '.pth')
     assert len([n for n in names if n.startswith('best_mae_epoch_')]) == 1
-    assert [n for n in names if not n.startswith('best_')] == [
-        'epoch_2.pth', 'epoch_3.pth'
-    ]
-    assert (tmp_path / 'last_checkpoint').read_text() == str(
-        tmp_path / 'epoch_3.pth')
+    assert [n for n in names
+            if not n.startswith('best_')] == ['epoch_2.pth', 'epoch_3.pth']
+    assert (tmp_path / 'last_checkpoint').read_text() == str(tmp_path /
+                                                             'epoch_3.pth')
     assert not [p for p in tmp_path.iterdir() if p.name.endswith('.tmp')]
 
 
@@ -162,12 +183,18 @@ def test_epoch_loop_resumes_a_mid_epoch_checkpoint(tmp_path):
     """An iteration-interval checkpoint inside an epoch (stock MMEngine
     writes these too) resumes inside the epoch with the shuffled order:
     same weights as the run that went on."""
-    train_cfg = dict(type='mmdist.ResumableEpochBasedTrainLoop', max_epochs=2,
-                     val_interval=10)
+    train_cfg = dict(
+        type='mmdist.ResumableEpochBasedTrainLoop',
+        max_epochs=2,
+        val_interval=10)
     hook = dict(type='mmdist.SafeCheckpointHook', interval=3, by_epoch=False)
     _toy_runner(tmp_path / 'a', train_cfg, hook).train()  # iter_3 ... 16
-    resumed = _toy_runner(tmp_path / 'b', train_cfg, hook, resume=True,
-                          load_from=str(tmp_path / 'a' / 'iter_9.pth'))
+    resumed = _toy_runner(
+        tmp_path / 'b',
+        train_cfg,
+        hook,
+        resume=True,
+        load_from=str(tmp_path / 'a' / 'iter_9.pth'))
     resumed.train()
     assert resumed.iter == 16
     a = torch.load(tmp_path / 'a' / 'iter_16.pth', weights_only=True)
@@ -180,27 +207,37 @@ def test_enable_fault_tolerance_keeps_the_arguments():
     from mmengine.config import Config
 
     from mmdist.engine import enable_fault_tolerance
-    cfg = Config(dict(
-        default_hooks=dict(checkpoint=dict(
-            type='CheckpointHook', interval=2, max_keep_ckpts=3,
-            save_best='auto')),
-        train_cfg=dict(by_epoch=True, max_epochs=12, val_interval=1)))
+    cfg = Config(
+        dict(
+            default_hooks=dict(
+                checkpoint=dict(
+                    type='CheckpointHook',
+                    interval=2,
+                    max_keep_ckpts=3,
+                    save_best='auto')),
+            train_cfg=dict(by_epoch=True, max_epochs=12, val_interval=1)))
     enable_fault_tolerance(cfg)
     assert cfg.default_hooks.checkpoint == dict(
-        type='mmdist.SafeCheckpointHook', interval=2, max_keep_ckpts=3,
+        type='mmdist.SafeCheckpointHook',
+        interval=2,
+        max_keep_ckpts=3,
         save_best='auto')
-    assert cfg.custom_hooks == [dict(type='mmdist.PreemptionHook'),
-                                dict(type='mmdist.DivergenceGuardHook')]
+    assert cfg.custom_hooks == [
+        dict(type='mmdist.PreemptionHook'),
+        dict(type='mmdist.DivergenceGuardHook')
+    ]
     assert cfg.train_cfg == dict(
-        type='mmdist.ResumableEpochBasedTrainLoop', max_epochs=12,
+        type='mmdist.ResumableEpochBasedTrainLoop',
+        max_epochs=12,
         val_interval=1)
     enable_fault_tolerance(cfg)  # idempotent
     assert len(cfg.custom_hooks) == 2
 
     # Custom parts and switched-off checkpoints are left alone.
-    cfg = Config(dict(
-        default_hooks=dict(checkpoint=None),
-        train_cfg=dict(type='IterBasedTrainLoop', max_iters=10)))
+    cfg = Config(
+        dict(
+            default_hooks=dict(checkpoint=None),
+            train_cfg=dict(type='IterBasedTrainLoop', max_iters=10)))
     enable_fault_tolerance(cfg)
     assert cfg.default_hooks.checkpoint is None
     assert cfg.custom_hooks == [dict(type='mmdist.DivergenceGuardHook')]

@@ -5,8 +5,9 @@ import copy
 import pytest
 import torch
 
-from helpers import build, seg_batch, shipped_configs, train_step
+from helpers import build
 from helpers import load_offline as _load_offline
+from helpers import seg_batch, shipped_configs, train_step
 from mmdist.distillers import DistillTerm
 from mmdist.losses import DISTLoss
 
@@ -48,14 +49,16 @@ def test_config_takes_a_training_step(path):
 def test_teacher_dropout_off_in_training():
     model = build(load_offline(DLV3))
     model.train()
-    dropouts = [m for m in model.teacher.modules()
-                if isinstance(m, torch.nn.Dropout2d)]
+    dropouts = [
+        m for m in model.teacher.modules()
+        if isinstance(m, torch.nn.Dropout2d)
+    ]
     assert dropouts and all(not m.training for m in dropouts)
 
 
 def test_resize_path_matches_manual_bilinear():
-    term = DistillTerm('a', 'b', dict(type='mmdist.DISTLoss'),
-                       resize_teacher=True)
+    term = DistillTerm(
+        'a', 'b', dict(type='mmdist.DISTLoss'), resize_teacher=True)
     student = torch.randn(2, 19, 8, 16)
     teacher = torch.randn(2, 19, 16, 32)
     aligned = term.align_teacher(student, teacher)
@@ -70,8 +73,8 @@ def test_resize_path_matches_manual_bilinear():
 
 
 def test_ignore_mask_drops_ignored_pixels():
-    term = DistillTerm('a', 'b', dict(type='mmdist.DISTLoss'),
-                       ignore_index=255)
+    term = DistillTerm(
+        'a', 'b', dict(type='mmdist.DISTLoss'), ignore_index=255)
     batch = seg_batch(size=(16, 32))
     student = torch.randn(2, 19, 8, 16)
     teacher = torch.randn(2, 19, 8, 16)
@@ -83,8 +86,8 @@ def test_ignore_mask_drops_ignored_pixels():
     rows_s = student.permute(0, 2, 3, 1).reshape(-1, 19)[keep]
     rows_t = teacher.permute(0, 2, 3, 1).reshape(-1, 19)[keep]
     masked = term.loss(student, teacher, weight)
-    assert float(masked) == pytest.approx(float(DISTLoss()(rows_s, rows_t)),
-                                          rel=1e-5)
+    assert float(masked) == pytest.approx(
+        float(DISTLoss()(rows_s, rows_t)), rel=1e-5)
 
 
 def test_ignore_index_in_a_real_step():

@@ -30,21 +30,24 @@ def _tool(name, path):
 @pytest.mark.parametrize('task', ['det', 'seg'])
 def test_traced_teacher_predicts_what_the_teacher_predicts(task, tmp_path):
     demo = _tool('demo', 'tools/misc/demo.py')
-    tool = _tool('trained_teacher_gpu',
-                 '.dev_scripts/trained_teacher_gpu.py')
+    tool = _tool('trained_teacher_gpu', '.dev_scripts/trained_teacher_gpu.py')
     gpu_check = _tool('gpu_check', '.dev_scripts/gpu_check.py')
     root, _ = demo.make_data(task, str(tmp_path / 'data'), 4)
-    cfg = demo.demo_config(task, 'dist', root, str(tmp_path / 'work'), 2,
-                           teacher_ckpt=None)
+    cfg = demo.demo_config(
+        task, 'dist', root, str(tmp_path / 'work'), 2, teacher_ckpt=None)
     config = str(tmp_path / 'config.py')
     cfg.dump(config)
     assets, out = tmp_path / 'assets', tmp_path / 'out'
     out.mkdir()
     # A random teacher (no checkpoint): the same seed builds the same one.
     torch.manual_seed(0)
-    tool.export(argparse.Namespace(config=config, name='t',
-                                   out_dir=str(assets), checkpoint=None,
-                                   split='test'))
+    tool.export(
+        argparse.Namespace(
+            config=config,
+            name='t',
+            out_dir=str(assets),
+            checkpoint=None,
+            split='test'))
     # The GPU machine has no OpenMMLab: the saved module must not need it.
     code = ('import sys\n'
             "for m in ('mmdist', 'mmengine', 'mmdet', 'mmseg', 'mmcv'):\n"
@@ -59,8 +62,8 @@ def test_traced_teacher_predicts_what_the_teacher_predicts(task, tmp_path):
     saved = torch.load(out / 't.fp32_strict.out.pt', weights_only=True)
 
     torch.manual_seed(0)
-    cfg, _, teacher, head, loader = tool.teacher_and_loader(config, None,
-                                                            'test')
+    cfg, _, teacher, head, loader = tool.teacher_and_loader(
+        config, None, 'test')
     data = tool.batches(teacher, loader)
 
     def stock_predictions():
@@ -80,9 +83,10 @@ def test_traced_teacher_predicts_what_the_teacher_predicts(task, tmp_path):
     # threshold, so keep every box to have some to compare.
     if task == 'det':
         teacher.bbox_head.test_cfg.score_thr = 0.
-    ours = [s for batch in tool.predictions(teacher, head, data,
-                                            saved['outputs'])
-            for s in batch]
+    ours = [
+        s for batch in tool.predictions(teacher, head, data, saved['outputs'])
+        for s in batch
+    ]
     stock = [s for batch in stock_predictions() for s in batch]
     assert len(ours) == len(stock) == sum(len(i) for i, _, _ in data)
     for a, b in zip(ours, stock):
@@ -96,10 +100,17 @@ def test_traced_teacher_predicts_what_the_teacher_predicts(task, tmp_path):
         assert sum(len(s.pred_instances) for s in ours) > 0
 
     report = tmp_path / 'report.json'
-    tool.evaluate(argparse.Namespace(config=config, name='t',
-                                     outputs_dir=str(out), checkpoint=None,
-                                     split='test', json=str(report)))
+    tool.evaluate(
+        argparse.Namespace(
+            config=config,
+            name='t',
+            outputs_dir=str(out),
+            checkpoint=None,
+            split='test',
+            json=str(report)))
     forms = json.loads(report.read_text())['forms']
     assert set(forms) == {'fp32 strict', 'fast bf16'}
-    assert forms['fp32 strict']['metrics'] == pytest.approx(
-        {k: float(v) for k, v in stock_metrics.items()})
+    assert forms['fp32 strict']['metrics'] == pytest.approx({
+        k: float(v)
+        for k, v in stock_metrics.items()
+    })

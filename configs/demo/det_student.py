@@ -76,8 +76,7 @@ test_dataloader = val_dataloader
 val_evaluator = dict(ann_file=data_root + 'annotations/instances_val2017.json')
 test_evaluator = val_evaluator
 
-train_cfg = dict(
-    type='IterBasedTrainLoop', max_iters=300, val_interval=100)
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=300, val_interval=100)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 param_scheduler = [
@@ -90,8 +89,8 @@ optim_wrapper = dict(
 default_hooks = dict(
     # Validation metrics at their iteration, not at epoch 0.
     logger=dict(type='LoggerHook', interval=20, log_metric_by_epoch=False),
-    checkpoint=dict(type='CheckpointHook', interval=300, by_epoch=False,
-                    max_keep_ckpts=1))
+    checkpoint=dict(
+        type='CheckpointHook', interval=300, by_epoch=False, max_keep_ckpts=1))
 log_processor = dict(by_epoch=False)
 visualizer = dict(
     type='DetLocalVisualizer', vis_backends=[dict(type='LocalVisBackend')])

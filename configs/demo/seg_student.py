@@ -3,8 +3,7 @@
 # `tools/misc/demo.py` sets the data root, the schedule and the work dir.
 _base_ = [
     'mmseg::_base_/models/fcn_r50-d8.py',
-    'mmseg::_base_/datasets/cityscapes.py',
-    'mmseg::_base_/default_runtime.py'
+    'mmseg::_base_/datasets/cityscapes.py', 'mmseg::_base_/default_runtime.py'
 ]
 data_root = 'work_dirs/demo/data/cityscapes/'
 crop_size = (64, 128)
@@ -15,17 +14,10 @@ model = dict(
     data_preprocessor=dict(size=crop_size),
     pretrained=None,
     backbone=dict(
-        depth=18,
-        stem_channels=width,
-        base_channels=width,
-        norm_cfg=norm_cfg),
+        depth=18, stem_channels=width, base_channels=width, norm_cfg=norm_cfg),
     decode_head=dict(
-        in_channels=width * 8,
-        channels=64,
-        num_convs=1,
-        norm_cfg=norm_cfg),
-    auxiliary_head=dict(
-        in_channels=width * 4, channels=32, norm_cfg=norm_cfg))
+        in_channels=width * 8, channels=64, num_convs=1, norm_cfg=norm_cfg),
+    auxiliary_head=dict(in_channels=width * 4, channels=32, norm_cfg=norm_cfg))
 
 train_pipeline = [
     dict(type='LoadImageFromFile'),
@@ -65,8 +57,8 @@ optim_wrapper = dict(
     clip_grad=dict(max_norm=10, norm_type=2))
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=20, log_metric_by_epoch=False),
-    checkpoint=dict(type='CheckpointHook', interval=300, by_epoch=False,
-                    max_keep_ckpts=1))
+    checkpoint=dict(
+        type='CheckpointHook', interval=300, by_epoch=False, max_keep_ckpts=1))
 log_processor = dict(by_epoch=False)
 visualizer = dict(
     type='SegLocalVisualizer', vis_backends=[dict(type='LocalVisBackend')])

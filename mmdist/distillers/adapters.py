@@ -79,7 +79,9 @@ class HeadsForward:
             ``'teacher'``.
     """
 
-    def __init__(self, model: nn.Module, paths: Sequence[str],
+    def __init__(self,
+                 model: nn.Module,
+                 paths: Sequence[str],
                  owner: str = 'teacher') -> None:
         names: List[str] = []
         for path in paths:
@@ -92,8 +94,8 @@ class HeadsForward:
             parts = name.split('.')
             container = getattr(model, parts[0])
             if len(parts) == 2 and _is_cascade(container):
-                cascades[parts[0]] = max(cascades.get(parts[0], 0),
-                                         int(parts[1]))
+                cascades[parts[0]] = max(
+                    cascades.get(parts[0], 0), int(parts[1]))
             else:
                 self.heads.append(get_module(model, name, owner))
         for name, last in cascades.items():
@@ -107,8 +109,7 @@ class HeadsForward:
 def _is_cascade(container: nn.Module) -> bool:
     """A list of heads whose later stages take the previous one's output."""
     return isinstance(container, nn.ModuleList) and any(
-        getattr(family_of(stage), 'prev_output', False)
-        for stage in container)
+        getattr(family_of(stage), 'prev_output', False) for stage in container)
 
 
 class RoIBoxForward:

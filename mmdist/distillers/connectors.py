@@ -34,9 +34,12 @@ class ConvConnector(nn.Module):
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.convs = nn.ModuleList(
-            nn.Conv2d(in_channels, out_channels, kernel_size,
-                      padding=kernel_size // 2, bias=True)
-            for _ in range(num_levels))
+            nn.Conv2d(
+                in_channels,
+                out_channels,
+                kernel_size,
+                padding=kernel_size // 2,
+                bias=True) for _ in range(num_levels))
 
     @property
     def num_levels(self) -> int:

@@ -62,7 +62,8 @@ class Distiller(BaseModel):
             head family needs (see :mod:`~mmdist.distillers.expand`).
             ``None`` is ``DISTLoss`` on every class head.
         teacher_precision (str): The form the teacher runs in, decided once
-            when it is built (see :func:`~mmdist.distillers.make_fast_teacher`):
+            when it is built (see
+            :func:`~mmdist.distillers.make_fast_teacher`):
             ``'float32'`` (default: as its config builds it), ``'bf16'`` (the
             fast form: BatchNorm folded into the convolutions, channels_last,
             bf16 autocast; float32 on hardware without native bf16, with one
@@ -114,15 +115,14 @@ class Distiller(BaseModel):
             data_preprocessor=student_model.data_preprocessor,
             init_cfg=init_cfg)
         self.student = student_model
-        frozen = build_frozen_teacher(teacher, teacher_ckpt,
-                                      data_preprocessor)
+        frozen = build_frozen_teacher(teacher, teacher_ckpt, data_preprocessor)
         # Plain attribute, not a submodule: keeps the teacher out of
         # state_dict, parameters(), the optimizer and DDP.
         object.__setattr__(self, 'teacher', frozen)
         self.renormalise = InputRenormaliser(self.student.data_preprocessor,
                                              frozen.data_preprocessor)
-        print_log(f'teacher input: {self.renormalise.describe()}',
-                  logger='current')
+        print_log(
+            f'teacher input: {self.renormalise.describe()}', logger='current')
         if predict_with not in ('student', 'teacher'):
             raise ValueError("predict_with must be 'student' or 'teacher', "
                              f'got {predict_with!r}')
@@ -176,7 +176,8 @@ class Distiller(BaseModel):
             f'teacher_autocast is deprecated: write '
             f'teacher_precision={autocast!r} (the fast form: bf16/fp16 '
             'autocast with channels_last and folded BatchNorm)',
-            logger='current', level=logging.WARNING)
+            logger='current',
+            level=logging.WARNING)
         return autocast
 
     def _dedupe_names(self) -> None:
@@ -358,8 +359,7 @@ class Distiller(BaseModel):
         else:
             return {}
         ignore = 255 if term.ignore_index is None else term.ignore_index
-        accuracy = self.teacher_check.update(records[0], data_samples,
-                                             ignore)
+        accuracy = self.teacher_check.update(records[0], data_samples, ignore)
         if accuracy is None:
             return {}
         # Percent: the unit of the accuracies logged beside it (acc_seg).

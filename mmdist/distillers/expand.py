@@ -28,8 +28,8 @@ from torch import nn
 
 from mmdist.registry import MODELS
 from mmdist.utils import get_module
-from .families import (INSTEAD, SLOT_NAMES, SLOTS, HeadFamily, Slot,
-                       family_of, head_activation)
+from .families import (INSTEAD, SLOT_NAMES, SLOTS, HeadFamily, Slot, family_of,
+                       head_activation)
 
 _LOSS_NAMES = {'DISTLoss': 'dist', 'KDLoss': 'kd'}
 _TERM_KEYS = ('student_module', 'teacher_module')
@@ -93,8 +93,8 @@ def _resolve(model: nn.Module, path: str) -> Optional[nn.Module]:
     """The module at ``path`` (``-1`` indexes the last element), or None."""
     module = model
     for part in path.split('.') if path else []:
-        if isinstance(module, (nn.ModuleList, nn.Sequential)) and (
-                part.lstrip('-').isdigit()):
+        indexed = isinstance(module, (nn.ModuleList, nn.Sequential))
+        if indexed and part.lstrip('-').isdigit():
             index = int(part)
             if not -len(module) <= index < len(module):
                 return None
@@ -110,8 +110,8 @@ def _canonical(model: nn.Module, path: str) -> str:
     """``path`` with negative indices replaced by their positions."""
     parts, module = [], model
     for part in path.split('.'):
-        if isinstance(module, (nn.ModuleList, nn.Sequential)) and (
-                part.lstrip('-').isdigit()):
+        indexed = isinstance(module, (nn.ModuleList, nn.Sequential))
+        if indexed and part.lstrip('-').isdigit():
             index = int(part) % len(module)
             module = module[index]
             parts.append(str(index))
@@ -154,13 +154,24 @@ def _head_sites(model: nn.Module, head: nn.Module, path: str,
         if isinstance(module, nn.ModuleList):
             for level in range(len(module)):
                 sites.append(
-                    LogitsSite(f'{full}.{level}', family, activation,
-                               family.rows, num_classes,
-                               f'{suffix}_l{level}', key=(index, level)))
+                    LogitsSite(
+                        f'{full}.{level}',
+                        family,
+                        activation,
+                        family.rows,
+                        num_classes,
+                        f'{suffix}_l{level}',
+                        key=(index, level)))
         else:
             sites.append(
-                LogitsSite(full, family, activation, family.rows,
-                           num_classes, suffix, key=(index, None)))
+                LogitsSite(
+                    full,
+                    family,
+                    activation,
+                    family.rows,
+                    num_classes,
+                    suffix,
+                    key=(index, None)))
     return sites
 
 
@@ -217,8 +228,8 @@ def slot_sites(model: nn.Module, slot: Slot,
             if family.inner:
                 inner = getattr(stage, family.inner)
                 boxes = ([(f'{stage_path}.{family.inner}.{i}', m)
-                          for i, m in enumerate(inner)]
-                         if isinstance(inner, nn.ModuleList) else
+                          for i, m in enumerate(inner)] if isinstance(
+                              inner, nn.ModuleList) else
                          [(f'{stage_path}.{family.inner}', inner)])
                 for box_path, box in boxes:
                     if family_of(box) is None:
@@ -268,9 +279,9 @@ def _check_rows(s: LogitsSite, t: LogitsSite, student: nn.Module,
     out_t = _out_channels(_resolve(teacher, t.path))
     if out_s is not None and out_t is not None and out_s != out_t:
         raise ValueError(
-            f'{where} give {out_s} and {out_t} channels per position: '
-            + ('different anchors per position' if s.rows == 'anchor' else
-               'different classes'))
+            f'{where} give {out_s} and {out_t} channels per position: ' +
+            ('different anchors per position' if s.rows ==
+             'anchor' else 'different classes'))
 
 
 def _out_channels(module: Optional[nn.Module]) -> Optional[int]:
@@ -284,8 +295,8 @@ def _out_channels(module: Optional[nn.Module]) -> Optional[int]:
 def _loss_for(loss: dict, site: LogitsSite, weight: float) -> dict:
     loss = copy.deepcopy(dict(loss))
     loss_cls = MODELS.get(loss.get('type', ''))
-    params = (inspect.signature(loss_cls).parameters
-              if loss_cls is not None else {})
+    params = (
+        inspect.signature(loss_cls).parameters if loss_cls is not None else {})
     if 'activation' in params:
         loss.setdefault('activation', site.activation)
     if 'num_classes' in params and site.rows == 'anchor':
@@ -445,8 +456,8 @@ def expand_explicit(term: dict, student: nn.Module,
                 entry['name'] = f'{base}_l{i}'
             else:
                 loss_type = str(term['loss'].get('type', '')).split('.')[-1]
-                entry['name'] = _LOSS_NAMES.get(
-                    loss_type, loss_type.lower()) + f'_l{i}'
+                entry['name'] = _LOSS_NAMES.get(loss_type,
+                                                loss_type.lower()) + f'_l{i}'
             out.append(entry)
         return out
 
@@ -457,12 +468,12 @@ def expand_explicit(term: dict, student: nn.Module,
         return (f'{side} {path} is a ModuleList that the model indexes, '
                 f'never calls: use its elements {names}')
 
-    raise ValueError(
-        'distillation term: ' + elements('student', term['student_module'],
-                                         s_mod) + '; ' +
-        elements('teacher', term['teacher_module'], t_mod) +
-        ' (one term per element, or the short form '
-        "dict(head=..., loss=...) which pairs them)")
+    raise ValueError('distillation term: ' +
+                     elements('student', term['student_module'], s_mod) +
+                     '; ' +
+                     elements('teacher', term['teacher_module'], t_mod) +
+                     ' (one term per element, or the short form '
+                     "dict(head=..., loss=...) which pairs them)")
 
 
 def expand_terms(terms: Optional[Sequence[dict]],
@@ -523,8 +534,8 @@ def expand_terms(terms: Optional[Sequence[dict]],
         out += expanded
         expanded_any = True
     if expanded_any and log:
-        print_log('distill terms, expanded:\n' + format_terms(out),
-                  logger='current')
+        print_log(
+            'distill terms, expanded:\n' + format_terms(out), logger='current')
     return out
 
 

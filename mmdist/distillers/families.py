@@ -99,24 +99,36 @@ HEAD_FAMILIES: Tuple[HeadFamily, ...] = (
     _dense('FCOS', ('FCOSHead', 'FoveaHead', 'CenterNetUpdateHead'),
            'conv_cls'),
     _dense('GFL', ('GFLHead', ), 'gfl_cls'),
-    _dense('TOOD', ('TOODHead', ), 'tood_cls',
-           note='tood_cls logits; the head scores with their geometric mean '
-           'with a class probability map'),
+    _dense(
+        'TOOD', ('TOODHead', ),
+        'tood_cls',
+        note='tood_cls logits; the head scores with their geometric mean '
+        'with a class probability map'),
     _dense('VFNet', ('VFNetHead', ), 'vfnet_cls'),
     _dense('RTMDet', ('RTMDetHead', ), 'rtm_cls'),
-    _dense('RTMDet (separate BN)', ('RTMDetSepBNHead', ), 'rtm_cls',
-           per_level=True),
+    _dense(
+        'RTMDet (separate BN)', ('RTMDetSepBNHead', ),
+        'rtm_cls',
+        per_level=True),
     _dense('YOLOX', ('YOLOXHead', ), 'multi_level_conv_cls', per_level=True),
-    _dense('SSD', ('SSDHead', ), 'cls_convs', per_level=True,
-           activation='softmax',
-           note='softmax over the classes and background'),
-    _dense('YOLOF', ('YOLOFHead', ), 'cls_score',
-           note='cls_score logits, before the implicit objectness is added'),
+    _dense(
+        'SSD', ('SSDHead', ),
+        'cls_convs',
+        per_level=True,
+        activation='softmax',
+        note='softmax over the classes and background'),
+    _dense(
+        'YOLOF', ('YOLOFHead', ),
+        'cls_score',
+        note='cls_score logits, before the implicit objectness is added'),
     _dense('RepPoints', ('RepPointsHead', ), 'reppoints_cls_out'),
-    _dense('CenterNet', ('CenterNetHead', ), 'heatmap_head',
-           activation='sigmoid'),
-    _dense('YOLACT', ('YOLACTHead', ), 'conv_cls',
-           note='softmax over the classes and background'),
+    _dense(
+        'CenterNet', ('CenterNetHead', ), 'heatmap_head',
+        activation='sigmoid'),
+    _dense(
+        'YOLACT', ('YOLACTHead', ),
+        'conv_cls',
+        note='softmax over the classes and background'),
     _dense('SOLO', ('SOLOHead', ), 'conv_cls'),
     HeadFamily(
         'YOLOv3', ('YOLOV3Head', ),
@@ -139,26 +151,33 @@ HEAD_FAMILIES: Tuple[HeadFamily, ...] = (
         ('RPNHead', 'StageCascadeRPNHead', 'CascadeRPNHead', 'GARPNHead'),
         skipped='objectness of proposals, not classes'),
     # -- MMDetection: query heads (refused) -----------------------------------
-    HeadFamily('DETR family', ('DETRHead', ), refused=_QUERY,
-               note='DETR, Deformable DETR, Conditional/DAB-DETR, DINO, DDQ'),
-    HeadFamily('Sparse R-CNN / QueryInst',
-               ('SparseRoIHead', 'EmbeddingRPNHead', 'DIIHead'),
-               refused=_QUERY),
-    HeadFamily('MaskFormer / Mask2Former', ('MaskFormerHead', ),
-               refused=_QUERY),
+    HeadFamily(
+        'DETR family', ('DETRHead', ),
+        refused=_QUERY,
+        note='DETR, Deformable DETR, Conditional/DAB-DETR, DINO, DDQ'),
+    HeadFamily(
+        'Sparse R-CNN / QueryInst',
+        ('SparseRoIHead', 'EmbeddingRPNHead', 'DIIHead'),
+        refused=_QUERY),
+    HeadFamily(
+        'MaskFormer / Mask2Former', ('MaskFormerHead', ), refused=_QUERY),
     # -- MMDetection: two-stage -----------------------------------------------
     HeadFamily(
-        'RoI head', ('StandardRoIHead', 'CascadeRoIHead'), inner='bbox_head',
+        'RoI head', ('StandardRoIHead', 'CascadeRoIHead'),
+        inner='bbox_head',
         note='the teacher scores the student\'s sampled RoIs; cascades pair '
         'stage i with stage i (a one-stage side pairs the first stage)'),
-    HeadFamily('Box head', ('BBoxHead', ), ('fc_cls', ), rows='instance',
-               note='softmax over the classes and background'),
+    HeadFamily(
+        'Box head', ('BBoxHead', ), ('fc_cls', ),
+        rows='instance',
+        note='softmax over the classes and background'),
     # -- MMSegmentation -------------------------------------------------------
     HeadFamily('Decode head', ('BaseDecodeHead', ), ('conv_seg', )),
-    HeadFamily('OCRNet stage', ('OCRHead', ), ('conv_seg', ),
-               prev_output=True,
-               note='cascade: the teacher runs the first stage and feeds its '
-               'output to the OCR stage'),
+    HeadFamily(
+        'OCRNet stage', ('OCRHead', ), ('conv_seg', ),
+        prev_output=True,
+        note='cascade: the teacher runs the first stage and feeds its '
+        'output to the OCR stage'),
     HeadFamily(
         'STDC boundary', ('STDCHead', ),
         skipped='predicts 2-channel boundary maps (detail guidance), not '
@@ -173,32 +192,42 @@ HEAD_FAMILIES: Tuple[HeadFamily, ...] = (
         'from the coarse prediction in every step; the teacher would score '
         'other points, so rows do not correspond. Its first stage '
         '(decode_head.0) is distilled'),
-    HeadFamily('K-Net', ('IterativeDecodeHead', 'KernelUpdateHead'),
-               refused=_QUERY),
+    HeadFamily(
+        'K-Net', ('IterativeDecodeHead', 'KernelUpdateHead'), refused=_QUERY),
     HeadFamily('SAN', ('SideAdapterCLIPHead', ), refused=_QUERY),
     # -- MMPretrain -----------------------------------------------------------
-    HeadFamily('Linear', ('LinearClsHead', 'MultiLabelLinearClsHead'),
-               ('fc', ), rows='instance'),
-    HeadFamily('Stacked linear', ('StackedLinearClsHead', ),
-               ('layers.-1.fc', ), rows='instance',
-               note='the fc of the last LinearBlock'),
-    HeadFamily('ViT', ('VisionTransformerClsHead', ), ('layers.head', ),
-               rows='instance'),
-    HeadFamily('DeiT', ('DeiTClsHead', ), ('layers.head', 'layers.head_dist'),
-               rows='instance'),
-    HeadFamily('EfficientFormer', ('EfficientFormerClsHead', ),
-               ('head', 'dist_head?'), rows='instance'),
-    HeadFamily('LeViT', ('LeViTClsHead', ), ('head', 'head_dist?'),
-               rows='instance'),
-    HeadFamily('Conformer', ('ConformerHead', ),
-               ('conv_cls_head', 'trans_cls_head'), rows='instance'),
-    HeadFamily('Classifier head', ('ClsHead', 'MultiLabelClsHead'), ('', ),
-               rows='instance', note='the head\'s own output'),
+    HeadFamily(
+        'Linear', ('LinearClsHead', 'MultiLabelLinearClsHead'), ('fc', ),
+        rows='instance'),
+    HeadFamily(
+        'Stacked linear', ('StackedLinearClsHead', ), ('layers.-1.fc', ),
+        rows='instance',
+        note='the fc of the last LinearBlock'),
+    HeadFamily(
+        'ViT', ('VisionTransformerClsHead', ), ('layers.head', ),
+        rows='instance'),
+    HeadFamily(
+        'DeiT', ('DeiTClsHead', ), ('layers.head', 'layers.head_dist'),
+        rows='instance'),
+    HeadFamily(
+        'EfficientFormer', ('EfficientFormerClsHead', ),
+        ('head', 'dist_head?'),
+        rows='instance'),
+    HeadFamily(
+        'LeViT', ('LeViTClsHead', ), ('head', 'head_dist?'), rows='instance'),
+    HeadFamily(
+        'Conformer', ('ConformerHead', ), ('conv_cls_head', 'trans_cls_head'),
+        rows='instance'),
+    HeadFamily(
+        'Classifier head', ('ClsHead', 'MultiLabelClsHead'), ('', ),
+        rows='instance',
+        note='the head\'s own output'),
 )
 
 _BY_HEAD: Dict[str, HeadFamily] = {
     head: family
-    for family in HEAD_FAMILIES for head in family.heads
+    for family in HEAD_FAMILIES
+    for head in family.heads
 }
 assert len(_BY_HEAD) == sum(len(f.heads) for f in HEAD_FAMILIES), \
     'a head type is listed in two families'
@@ -335,44 +364,62 @@ ZOO: Tuple[ZooModel, ...] = (
     _det('FoveaBox', 'foveabox/fovea_r50_fpn_4xb4-1x_coco.py'),
     # Deformable convs in the head: mmcv's CPU op needs P7 to be at least
     # as large as the 3x3 kernel (inputs of 384).
-    _det('DDOD', 'ddod/ddod_r50_fpn_1x_coco.py', input_size=(384, 384),
-         heavy=True),
+    _det(
+        'DDOD',
+        'ddod/ddod_r50_fpn_1x_coco.py',
+        input_size=(384, 384),
+        heavy=True),
     _det('AutoAssign', 'autoassign/autoassign_r50-caffe_fpn_1x_coco.py'),
     _det('FSAF', 'fsaf/fsaf_r50_fpn_1x_coco.py'),
     _det('FreeAnchor', 'free_anchor/freeanchor_r50_fpn_1x_coco.py'),
-    _det('NAS-FCOS',
-         'nas_fcos/nas-fcos_r50-caffe_fpn_nashead-gn-head_4xb4-1x_coco.py',
-         input_size=(384, 384), heavy=True),
+    _det(
+        'NAS-FCOS',
+        'nas_fcos/nas-fcos_r50-caffe_fpn_nashead-gn-head_4xb4-1x_coco.py',
+        input_size=(384, 384),
+        heavy=True),
     _det('CenterNet', 'centernet/centernet_r18_8xb16-crop512-140e_coco.py'),
-    _det('RepPoints', 'reppoints/reppoints-moment_r50_fpn_1x_coco.py',
-         input_size=(384, 384), heavy=True),
+    _det(
+        'RepPoints',
+        'reppoints/reppoints-moment_r50_fpn_1x_coco.py',
+        input_size=(384, 384),
+        heavy=True),
     _det('YOLOF', 'yolof/yolof_r50-c5_8xb8-1x_coco.py'),
     _det('RTMDet', 'rtmdet/rtmdet_tiny_8xb32-300e_coco.py'),
     _det('YOLOX', 'yolox/yolox_tiny_8xb8-300e_coco.py'),
-    _det('SSD', 'ssd/ssdlite_mobilenetv2-scratch_8xb24-600e_coco.py',
-         upstream='mmdet 3.3.0 SSDHead._predict_by_feat_single reads '
-         'self.loss_cls, which SSDHead never builds: predict fails (the '
-         'test checks that it still does)',
-         upstream_error='loss_cls'),
+    _det(
+        'SSD',
+        'ssd/ssdlite_mobilenetv2-scratch_8xb24-600e_coco.py',
+        upstream='mmdet 3.3.0 SSDHead._predict_by_feat_single reads '
+        'self.loss_cls, which SSDHead never builds: predict fails (the '
+        'test checks that it still does)',
+        upstream_error='loss_cls'),
     _det('YOLOv3', 'yolo/yolov3_mobilenetv2_8xb24-320-300e_coco.py'),
     _det('YOLACT', 'yolact/yolact_r50_1xb8-55e_coco.py'),
     _det('SOLO', 'solo/solo_r50_fpn_1x_coco.py'),
     # MMDetection, two-stage (the box heads are one family; Faster R-CNN
     # runs in the fast suite, a Cascade teacher on it in tests/test_expand.py)
     _det('Faster R-CNN', 'faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py'),
-    _det('Mask R-CNN', 'mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py',
-         heavy=True),
-    _det('Cascade R-CNN', 'cascade_rcnn/cascade-rcnn_r50_fpn_1x_coco.py',
-         heavy=True),
-    _det('Double-Head R-CNN',
-         'double_heads/dh-faster-rcnn_r50_fpn_1x_coco.py',
-         heavy=True),
-    _det('Grid R-CNN', 'grid_rcnn/grid-rcnn_r50_fpn_gn-head_2x_coco.py',
-         heavy=True),
-    _det('Libra R-CNN', 'libra_rcnn/libra-faster-rcnn_r50_fpn_1x_coco.py',
-         heavy=True),
-    _det('Dynamic R-CNN', 'dynamic_rcnn/dynamic-rcnn_r50_fpn_1x_coco.py',
-         heavy=True),
+    _det('Mask R-CNN', 'mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py', heavy=True),
+    _det(
+        'Cascade R-CNN',
+        'cascade_rcnn/cascade-rcnn_r50_fpn_1x_coco.py',
+        heavy=True),
+    _det(
+        'Double-Head R-CNN',
+        'double_heads/dh-faster-rcnn_r50_fpn_1x_coco.py',
+        heavy=True),
+    _det(
+        'Grid R-CNN',
+        'grid_rcnn/grid-rcnn_r50_fpn_gn-head_2x_coco.py',
+        heavy=True),
+    _det(
+        'Libra R-CNN',
+        'libra_rcnn/libra-faster-rcnn_r50_fpn_1x_coco.py',
+        heavy=True),
+    _det(
+        'Dynamic R-CNN',
+        'dynamic_rcnn/dynamic-rcnn_r50_fpn_1x_coco.py',
+        heavy=True),
     _det('HTC', 'htc/htc-without-semantic_r50_fpn_1x_coco.py', heavy=True),
     # MMDetection, query-based (refused)
     _det('DETR', 'detr/detr_r18_8xb2-500e_coco.py'),
@@ -398,27 +445,34 @@ ZOO: Tuple[ZooModel, ...] = (
     _seg('SegFormer',
          'segformer/segformer_mit-b0_8xb1-160k_cityscapes-1024x1024.py'),
     # Its cascade is also trained in tests/test_expand.py (not heavy).
-    _seg('OCRNet', 'ocrnet/ocrnet_hr18s_4xb2-40k_cityscapes-512x1024.py',
-         heavy=True),
-    _seg('PointRend',
-         'point_rend/pointrend_r50_4xb2-80k_cityscapes-512x1024.py',
-         heavy=True),
+    _seg(
+        'OCRNet',
+        'ocrnet/ocrnet_hr18s_4xb2-40k_cityscapes-512x1024.py',
+        heavy=True),
+    _seg(
+        'PointRend',
+        'point_rend/pointrend_r50_4xb2-80k_cityscapes-512x1024.py',
+        heavy=True),
     _seg('BiSeNetV1',
          'bisenetv1/bisenetv1_r18-d32_4xb4-160k_cityscapes-1024x1024.py'),
     _seg('BiSeNetV2',
          'bisenetv2/bisenetv2_fcn_4xb4-160k_cityscapes-1024x1024.py'),
     _seg('STDC', 'stdc/stdc1_4xb12-80k_cityscapes-512x1024.py'),
     # Its head pools with a 49x49 kernel at 1/8: inputs of at least 392.
-    _seg('LRASPP', 'mobilenet_v3/'
-         'mobilenet-v3-d8_lraspp_4xb4-320k_cityscapes-512x1024.py',
-         input_size=(400, 400), heavy=True),
+    _seg(
+        'LRASPP', 'mobilenet_v3/'
+        'mobilenet-v3-d8_lraspp_4xb4-320k_cityscapes-512x1024.py',
+        input_size=(400, 400),
+        heavy=True),
     _seg('SegNeXt',
          'segnext/segnext_mscan-t_1xb16-adamw-160k_ade20k-512x512.py'),
     _seg('Segmenter',
          'segmenter/segmenter_vit-t_mask_8xb1-160k_ade20k-512x512.py'),
     _seg('DPT', 'dpt/dpt_vit-b16_8xb2-160k_ade20k-512x512.py', heavy=True),
-    _seg('SETR', 'setr/setr_vit-l_naive_8xb1-80k_cityscapes-768x768.py',
-         heavy=True),
+    _seg(
+        'SETR',
+        'setr/setr_vit-l_naive_8xb1-80k_cityscapes-768x768.py',
+        heavy=True),
     _seg('ISANet', 'isanet/isanet_r50-d8_4xb2-40k_cityscapes-512x1024.py'),
     _seg('DANet', 'danet/danet_r50-d8_4xb2-40k_cityscapes-512x1024.py'),
     _seg('CCNet', 'ccnet/ccnet_r50-d8_4xb2-40k_cityscapes-512x1024.py'),
@@ -426,11 +480,14 @@ ZOO: Tuple[ZooModel, ...] = (
     _seg('ICNet', 'icnet/icnet_r18-d8_4xb2-80k_cityscapes-832x832.py'),
     _seg('DDRNet',
          'ddrnet/ddrnet_23-slim_in1k-pre_2xb6-120k_cityscapes-1024x1024.py'),
-    _seg('PIDNet', 'pidnet/pidnet-s_2xb6-120k_1024x1024-cityscapes.py',
-         upstream='mmseg 1.2.2 cross_entropy with class_weight indexes the '
-         'weights with the ignore label when averaging (IndexError on a '
-         'batch with pixels labelled 255); the test uses labels without '
-         'ignored pixels', ignored_labels=False),
+    _seg(
+        'PIDNet',
+        'pidnet/pidnet-s_2xb6-120k_1024x1024-cityscapes.py',
+        upstream='mmseg 1.2.2 cross_entropy with class_weight indexes the '
+        'weights with the ignore label when averaging (IndexError on a '
+        'batch with pixels labelled 255); the test uses labels without '
+        'ignored pixels',
+        ignored_labels=False),
     _seg('K-Net', 'knet/knet-s3_r50-d8_fcn_8xb2-adamw-80k_ade20k-512x512.py'),
     _seg('Mask2Former (MMSeg)',
          'mask2former/mask2former_r50_8xb2-90k_cityscapes-512x1024.py'),
@@ -440,19 +497,25 @@ ZOO: Tuple[ZooModel, ...] = (
     _cls('ResNet (Linear)', 'resnet/resnet18_8xb32_in1k.py'),
     _cls('MobileNetV3 (StackedLinear)',
          'mobilenet_v3/mobilenet-v3-small_8xb128_in1k.py'),
-    _cls('ViT',
-         'vision_transformer/vit-base-p16_32xb128-mae_in1k.py', heavy=True),
+    _cls(
+        'ViT',
+        'vision_transformer/vit-base-p16_32xb128-mae_in1k.py',
+        heavy=True),
     _cls('DeiT', 'deit/deit-tiny-distilled_4xb256_in1k.py'),
-    _cls('EfficientFormer',
-         'efficientformer/efficientformer-l1_8xb128_in1k.py',
-         input_size=(224, 224),  # fixed 7x7 attention biases
-         upstream='MMPretrain 1.2.0 refuses to train the distilled '
-         'EfficientFormerClsHead (distillation=True) its zoo configs build '
-         '(NotImplementedError in the training step; set '
-         'model.head.distillation=False to train it)',
-         upstream_error='distilled version EfficientFormer'),
-    _cls('Conformer',
-         'conformer/conformer-tiny-p16_8xb128_in1k.py', heavy=True),
-    _cls('Multi-label (CSRA)',
-         'csra/resnet101-csra_1xb16_voc07-448px.py', heavy=True),
+    _cls(
+        'EfficientFormer',
+        'efficientformer/efficientformer-l1_8xb128_in1k.py',
+        input_size=(224, 224),  # fixed 7x7 attention biases
+        upstream='MMPretrain 1.2.0 refuses to train the distilled '
+        'EfficientFormerClsHead (distillation=True) its zoo configs build '
+        '(NotImplementedError in the training step; set '
+        'model.head.distillation=False to train it)',
+        upstream_error='distilled version EfficientFormer'),
+    _cls(
+        'Conformer', 'conformer/conformer-tiny-p16_8xb128_in1k.py',
+        heavy=True),
+    _cls(
+        'Multi-label (CSRA)',
+        'csra/resnet101-csra_1xb16_voc07-448px.py',
+        heavy=True),
 )

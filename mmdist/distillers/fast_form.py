@@ -54,7 +54,6 @@ FP16_ON_CPU = (
     'without them the teacher runs in float32 (one log line says so) unless '
     'MMDIST_BF16=1 forces bf16, emulated and no faster than float32.')
 
-
 #: Environment variable that overrides the bf16 capability check: ``0``
 #: reports bf16 absent (the teacher stays in float32 whatever the hardware),
 #: ``1`` reports it present (bf16 autocast then runs emulated where the
@@ -121,9 +120,9 @@ def bf16_support(device: Union[str, torch.device]) -> Tuple[bool, str]:
     return False, f'no bf16 check for {device.type} devices'
 
 
-def resolve_precision(precision: str,
-                      device: Union[str, torch.device]
-                      ) -> Tuple[Optional[torch.dtype], Optional[str]]:
+def resolve_precision(
+    precision: str, device: Union[str, torch.device]
+) -> Tuple[Optional[torch.dtype], Optional[str]]:
     """The autocast dtype for ``precision`` on ``device``.
 
     Args:
@@ -170,8 +169,9 @@ class _ConvBNProbe(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        leaves = [t for t in tree_leaves((args, kwargs))
-                  if isinstance(t, Tensor)]
+        leaves = [
+            t for t in tree_leaves((args, kwargs)) if isinstance(t, Tensor)
+        ]
         for tensor in leaves:
             self.readers[id(tensor)] += 1
         packet = func.overloadpacket
@@ -190,13 +190,12 @@ class _ConvBNProbe(TorchDispatchMode):
 
 def _foldable_norm(module: nn.Module) -> bool:
     return (isinstance(module, _BatchNorm) and not module.training
-            and module.track_running_stats
-            and module.running_mean is not None)
+            and module.track_running_stats and module.running_mean is not None)
 
 
-def find_conv_bn_pairs(model: nn.Module,
-                       probe: Callable[[], object],
-                       keep: Sequence[str] = ()) -> List[Tuple[str, str]]:
+def find_conv_bn_pairs(
+    model: nn.Module, probe: Callable[[], object], keep: Sequence[str] = ()
+) -> List[Tuple[str, str]]:
     """The (convolution, BatchNorm) pairs of ``model`` that fold exactly.
 
     ``probe()`` runs one forward of the model (any input); the aten
@@ -256,8 +255,9 @@ def fold_conv_bn(conv: nn.Module, norm: _BatchNorm) -> None:
     if norm.affine:
         scale = scale * norm.weight.double()
         shift = shift * norm.weight.double() + norm.bias.double()
-    bias = (conv.bias.double() if conv.bias is not None else
-            torch.zeros_like(shift))
+    bias = (
+        conv.bias.double()
+        if conv.bias is not None else torch.zeros_like(shift))
     shape = (-1, ) + (1, ) * (weight.dim() - 1)
     weight.copy_((weight.double() * scale.view(shape)).to(weight.dtype))
     folded = (bias * scale + shift).to(weight.dtype)
@@ -275,9 +275,9 @@ def _replace(model: nn.Module, target: nn.Module, new: nn.Module) -> None:
                 module._modules[name] = new
 
 
-def fold_batchnorm(model: nn.Module,
-                   probe: Callable[[], object],
-                   keep: Sequence[str] = ()) -> List[Tuple[str, str]]:
+def fold_batchnorm(
+    model: nn.Module, probe: Callable[[], object], keep: Sequence[str] = ()
+) -> List[Tuple[str, str]]:
     """Fold every exactly foldable BatchNorm of ``model`` into its
     convolution and put an ``nn.Identity`` in its place.
 
@@ -305,13 +305,12 @@ def cast_floats(value, dtype: torch.dtype, contiguous: bool = False):
     ``contiguous``, the default layout); tuples, lists and dicts are walked.
     A tensor that already is so is returned as it is (no copy)."""
     if isinstance(value, Tensor):
-        if value.is_floating_point() and (
-                value.dtype != dtype
-                or contiguous and not value.is_contiguous()):
+        if value.is_floating_point() and (value.dtype != dtype or contiguous
+                                          and not value.is_contiguous()):
             return value.to(
                 dtype,
-                memory_format=(torch.contiguous_format if contiguous else
-                               torch.preserve_format))
+                memory_format=(torch.contiguous_format
+                               if contiguous else torch.preserve_format))
         return value
     if type(value) in (tuple, list):
         return type(value)(cast_floats(v, dtype, contiguous) for v in value)
@@ -349,8 +348,10 @@ class Float32Forward:
         self.module = module
 
     def __call__(self, *args, **kwargs):
-        floats = [t for t in tree_leaves((args, kwargs))
-                  if isinstance(t, Tensor) and t.is_floating_point()]
+        floats = [
+            t for t in tree_leaves((args, kwargs))
+            if isinstance(t, Tensor) and t.is_floating_point()
+        ]
         if not floats:
             return type(self.module).forward(self.module, *args, **kwargs)
         # Compiled kernels index NCHW memory: the default layout too.
@@ -376,11 +377,13 @@ class TeacherForm:
         float32_modules (list[str]): Paths of the modules run in float32.
     """
 
-    def __init__(self,
-                 dtype: Optional[torch.dtype] = None,
-                 channels_last: bool = False,
-                 folded: Sequence[Tuple[str, str]] = (),
-                 float32_modules: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        dtype: Optional[torch.dtype] = None,
+        channels_last: bool = False,
+        folded: Sequence[Tuple[str, str]] = (),
+        float32_modules: Sequence[str] = ()
+    ) -> None:
         self.dtype = dtype
         self.channels_last = channels_last
         self.folded = list(folded)
@@ -457,7 +460,8 @@ def make_fast(model: nn.Module,
     return TeacherForm(dtype, channels_last, folded, float32_modules)
 
 
-def output_agreement(fast: Tensor, reference: Tensor,
+def output_agreement(fast: Tensor,
+                     reference: Tensor,
                      dim: int = 1) -> Dict[str, float]:
     """How closely fast logits follow the reference ones.
 

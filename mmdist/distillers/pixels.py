@@ -54,20 +54,20 @@ def pixel_map(preprocessor: nn.Module,
     try:
         with torch.no_grad():
             samples = [
-                BaseDataElement(metainfo=dict(
-                    img_shape=(_PROBE_SIZE, _PROBE_SIZE),
-                    ori_shape=(_PROBE_SIZE, _PROBE_SIZE)))
-                for _ in probes
+                BaseDataElement(
+                    metainfo=dict(
+                        img_shape=(_PROBE_SIZE, _PROBE_SIZE),
+                        ori_shape=(_PROBE_SIZE, _PROBE_SIZE))) for _ in probes
             ]
-            out = preprocessor(dict(inputs=probes, data_samples=samples),
-                               False)['inputs']
+            out = preprocessor(
+                dict(inputs=probes, data_samples=samples), False)['inputs']
     except Exception as error:
         raise RuntimeError(
             f'cannot read the pixel normalisation of '
             f'{type(preprocessor).__name__}: running it on probe images '
             f'failed ({type(error).__name__}: {error})') from error
-    if not isinstance(out, Tensor) or out.dim() != 4 or out.shape[
-            1] != channels:
+    if not isinstance(out,
+                      Tensor) or out.dim() != 4 or out.shape[1] != channels:
         raise RuntimeError(
             f'{type(preprocessor).__name__} did not return a (N, {channels}, '
             f'H, W) batch for probe images; cannot read its normalisation')
@@ -107,8 +107,9 @@ class InputRenormaliser:
         a_t, b_t = pixel_map(teacher_preprocessor, channels)
         if torch.linalg.matrix_rank(a_s) < channels:
             raise ValueError(
-                f'the student preprocessor {type(student_preprocessor).__name__}'
-                ' loses information (its pixel map is not invertible), so the '
+                'the student preprocessor '
+                f'{type(student_preprocessor).__name__} loses information '
+                '(its pixel map is not invertible), so the '
                 'teacher input cannot be recovered from the student batch')
         self.matrix = a_t @ torch.linalg.inv(a_s)
         self.bias = b_t - self.matrix @ b_s
@@ -117,8 +118,8 @@ class InputRenormaliser:
         identity = torch.eye(channels, dtype=torch.float64)
         self.same_pixels = bool(
             torch.allclose(self.matrix, identity, rtol=0, atol=1e-12)
-            and torch.allclose(self.bias, torch.zeros_like(self.bias),
-                               rtol=0, atol=1e-12))
+            and torch.allclose(
+                self.bias, torch.zeros_like(self.bias), rtol=0, atol=1e-12))
         self.needed = not (self.same_pixels
                            and self.student_pad == self.teacher_pad)
 
@@ -131,7 +132,8 @@ class InputRenormaliser:
                 f'{self.bias.numpy().round(4).tolist()}; pad '
                 f'{self.student_pad} -> {self.teacher_pad}')
 
-    def __call__(self, inputs: Tensor,
+    def __call__(self,
+                 inputs: Tensor,
                  data_samples: Optional[list] = None) -> Tensor:
         """Return the teacher's input for a student batch ``(N, C, H, W)``."""
         if not self.needed or not isinstance(inputs, Tensor):

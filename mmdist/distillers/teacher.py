@@ -23,9 +23,9 @@ from mmdist.utils.student import STUDENT_PREFIX, distillation_checkpoint_note
 from .fast_form import TeacherForm, make_fast, resolve_precision
 
 
-def load_teacher_config(teacher: Union[str, dict],
-                        default_preprocessor: Optional[dict] = None
-                        ) -> ConfigDict:
+def load_teacher_config(
+        teacher: Union[str, dict],
+        default_preprocessor: Optional[dict] = None) -> ConfigDict:
     """Return the teacher's model dict as its own config's Runner builds it.
 
     MMPretrain (and some user configs) declare the input normalisation at
@@ -207,10 +207,10 @@ def load_teacher_checkpoint(model: nn.Module, checkpoint: str,
     _load_checkpoint_to_model(model, ckpt, strict=True, logger='current')
 
 
-def build_frozen_teacher(teacher: Union[str, dict],
-                         checkpoint: Optional[str],
-                         default_preprocessor: Optional[dict] = None
-                         ) -> nn.Module:
+def build_frozen_teacher(
+        teacher: Union[str, dict],
+        checkpoint: Optional[str],
+        default_preprocessor: Optional[dict] = None) -> nn.Module:
     """Build the teacher, load its checkpoint and freeze it in eval mode.
 
     The checkpoint overrides every weight, so the teacher's own pretrained
@@ -268,9 +268,9 @@ def _head_paths(model: nn.Module) -> list:
     paths = []
     for path, module in model.named_modules():
         parts = path.split('.')
-        named = parts[-1].endswith('head') or (
-            parts[-1].isdigit() and len(parts) > 1
-            and parts[-2].endswith('head'))
+        named = parts[-1].endswith('head') or (parts[-1].isdigit()
+                                               and len(parts) > 1
+                                               and parts[-2].endswith('head'))
         if named and not isinstance(module, nn.ModuleList):
             paths.append(path)
     return paths
@@ -286,12 +286,12 @@ def _float32_paths(model: nn.Module) -> list:
     ]
 
 
-def make_fast_teacher(model: nn.Module,
-                      precision: str = 'float32',
-                      distilled: Sequence[str] = (),
-                      forward: Optional[Callable[[torch.Tensor],
-                                                 object]] = None
-                      ) -> TeacherForm:
+def make_fast_teacher(
+        model: nn.Module,
+        precision: str = 'float32',
+        distilled: Sequence[str] = (),
+        forward: Optional[Callable[[torch.Tensor],
+                                   object]] = None) -> TeacherForm:
     """Put the frozen teacher in the form ``precision`` asks for, once.
 
     ``'bf16'`` (or ``'fp16'``, CUDA only) gives the fast form: BatchNorm
@@ -346,10 +346,14 @@ def make_fast_teacher(model: nn.Module,
             print_log(
                 'teacher fast form: no BatchNorm folded, the probe forward '
                 f'failed at sizes {PROBE_SIZES} ({failure})',
-                logger='current', level=logging.WARNING)
-    form = make_fast(model, dtype, probe, keep=distilled,
-                     outputs=[*distilled, *_head_paths(model)],
-                     float32_modules=_float32_paths(model))
-    print_log(f'teacher form on {device}: {form.describe()}',
-              logger='current')
+                logger='current',
+                level=logging.WARNING)
+    form = make_fast(
+        model,
+        dtype,
+        probe,
+        keep=distilled,
+        outputs=[*distilled, *_head_paths(model)],
+        float32_modules=_float32_paths(model))
+    print_log(f'teacher form on {device}: {form.describe()}', logger='current')
     return form

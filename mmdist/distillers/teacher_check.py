@@ -25,21 +25,23 @@ def _labels(logits: Tensor, data_samples: list,
     first = data_samples[0]
     if logits.dim() == 2 and hasattr(first, 'gt_label'):
         labels = [s.gt_label.reshape(-1) for s in data_samples]
-        if len(labels) != logits.shape[0] or any(
-                label.numel() != 1 for label in labels):
+        if len(labels) != logits.shape[0] or any(label.numel() != 1
+                                                 for label in labels):
             return None  # multi-label or batch-augmented (mixup) labels
         return logits.argmax(dim=1), torch.cat(labels).to(logits.device)
     if logits.dim() == 4 and hasattr(first, 'gt_sem_seg'):
         labels = torch.stack([s.gt_sem_seg.data for s in data_samples])
         labels = F.interpolate(
-            labels.to(logits.device).float(), size=logits.shape[2:],
+            labels.to(logits.device).float(),
+            size=logits.shape[2:],
             mode='nearest')[:, 0].long()
         valid = labels != ignore_index
         return logits.argmax(dim=1)[valid], labels[valid]
     return None
 
 
-def batch_accuracy(logits: Tensor, data_samples: Optional[list],
+def batch_accuracy(logits: Tensor,
+                   data_samples: Optional[list],
                    ignore_index: int = 255) -> Optional[Tuple[float, float]]:
     """Accuracy of ``logits`` on the batch and the majority-label baseline.
 
@@ -86,7 +88,9 @@ class TeacherCheck:
     def active(self) -> bool:
         return self.seen < self.iterations
 
-    def update(self, logits: Tensor, data_samples: Optional[list],
+    def update(self,
+               logits: Tensor,
+               data_samples: Optional[list],
                ignore_index: int = 255) -> Optional[float]:
         """Account one training step; return the teacher's accuracy or None.
         """
@@ -111,6 +115,7 @@ class TeacherCheck:
                 'data it distils: it probably sees inputs it was not trained '
                 'on (check its data_preprocessor: mean/std, to_rgb/bgr_to_rgb)'
                 ' or its checkpoint does not match its config.',
-                logger='current', level=logging.WARNING)
+                logger='current',
+                level=logging.WARNING)
         else:
             print_log(summary, logger='current')

@@ -10,8 +10,8 @@ from mmengine.logging import print_log
 from torch import Tensor, nn
 
 from mmdist.registry import MODELS
-from .connectors import check_connector_levels
 from mmdist.utils import get_module
+from .connectors import check_connector_levels
 from .families import family_of
 from .recorder import Recorder
 
@@ -97,8 +97,7 @@ class DistillTerm(nn.Module):
         self.nonfinite_total = 0
         self.teacher_checked = False
 
-    def attach(self, student: nn.Module,
-               teacher: nn.Module) -> List[Recorder]:
+    def attach(self, student: nn.Module, teacher: nn.Module) -> List[Recorder]:
         """Start recording the two modules; returns their recorders."""
         recorders = []
         for side, model, path in (('student', student, self.student_module),
@@ -119,7 +118,9 @@ class DistillTerm(nn.Module):
             and student.shape[:2] == teacher.shape[:2])
         if self.resize_teacher and same_rows_cols:
             return F.interpolate(
-                teacher.float(), size=student.shape[2:], mode='bilinear',
+                teacher.float(),
+                size=student.shape[2:],
+                mode='bilinear',
                 align_corners=False)
         hint = (' Set resize_teacher=True on this term to resize the '
                 'teacher bilinearly.' if same_rows_cols else '')
@@ -137,8 +138,8 @@ class DistillTerm(nn.Module):
             raise ValueError(
                 f'distillation term {self.name!r} has ignore_index set, but '
                 'the data samples carry no gt_sem_seg')
-        labels = torch.stack(
-            [s.gt_sem_seg.data for s in data_samples]).to(logits.device)
+        labels = torch.stack([s.gt_sem_seg.data
+                              for s in data_samples]).to(logits.device)
         labels = F.interpolate(
             labels.float(), size=logits.shape[2:], mode='nearest')
         return (labels[:, 0] != self.ignore_index).float()
@@ -220,7 +221,9 @@ class DistillTerm(nn.Module):
         return connector(student, level)
 
     # -- loss -------------------------------------------------------------
-    def losses(self, students: List[Tensor], teachers: List[Tensor],
+    def losses(self,
+               students: List[Tensor],
+               teachers: List[Tensor],
                data_samples: Optional[list],
                scale: float = 1.0) -> Dict[str, Tensor]:
         """``loss_<name>`` summed over the levels (times ``scale``) and the

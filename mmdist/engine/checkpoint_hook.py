@@ -8,10 +8,10 @@ from mmengine.dist import is_main_process
 from mmengine.hooks import CheckpointHook
 from mmengine.runner import EpochBasedTrainLoop
 
+from mmdist.registry import HOOKS
 from mmdist.utils.atomic_io import atomic_write_text, temp_files
 from .divergence import DivergenceGuardHook, nonfinite_weights, stop_diverged
 from .file_backend import atomic_backend_args
-from mmdist.registry import HOOKS
 from .resume import POINTER, find_resume_checkpoint, template_regex
 
 # Name of a checkpoint written in the middle of an epoch (on SIGTERM) by an
@@ -198,8 +198,7 @@ class SafeCheckpointHook(CheckpointHook):
                     'unchanged' if previous else 'no earlier checkpoint of '
                     'this run was touched')
             raise CheckpointWriteError(
-                error.errno,
-                f'Could not write checkpoint {path} '
+                error.errno, f'Could not write checkpoint {path} '
                 f'({error.strerror or error}); training stops. {kept}.'
             ) from error
         self._saved_iters = meta['iter']

@@ -51,9 +51,11 @@ def cpu_launch_config(cfg) -> None:
     if not dist.is_initialized():
         dist.init_process_group(backend='gloo')
     wrapper = dict(cfg.get('model_wrapper_cfg') or {})
-    if wrapper.get('type', 'MMDistributedDataParallel') in (
-            'MMDistributedDataParallel', 'mmdist.CPUCompatibleDDP',
-            'CPUCompatibleDDP'):
+    if wrapper.get(
+            'type',
+            'MMDistributedDataParallel') in ('MMDistributedDataParallel',
+                                             'mmdist.CPUCompatibleDDP',
+                                             'CPUCompatibleDDP'):
         wrapper['type'] = 'mmdist.CPUCompatibleDDP'
         wrapper.setdefault('broadcast_buffers', False)
         wrapper.setdefault('find_unused_parameters',

@@ -103,8 +103,8 @@ class DistillWeightHook(Hook):
             raise ValueError(f'DistillWeightHook: schedule must be one of '
                              f'{SCHEDULES}, got {schedule!r}')
         for key, value in (('weight', weight), ('start_weight', start_weight),
-                           ('min_weight', min_weight), ('begin', begin),
-                           ('gamma', gamma)):
+                           ('min_weight',
+                            min_weight), ('begin', begin), ('gamma', gamma)):
             _check_number(key, value)
         _check_number('end', end, allow_none=True)
         _check_number('stop', stop, allow_none=True)
@@ -188,7 +188,9 @@ class DistillWeightHook(Hook):
                 'begin / end / stop / milestones in iterations with '
                 'by_epoch=False' + per_epoch)
 
-    def before_train_iter(self, runner, batch_idx: int,
+    def before_train_iter(self,
+                          runner,
+                          batch_idx: int,
                           data_batch=None) -> None:
         distiller = self._distiller(runner)
         progress = runner.epoch if self.by_epoch else runner.iter
@@ -242,6 +244,5 @@ class DistillWeightHook(Hook):
             if not key.startswith('train/'):
                 continue
             name = key.split('/', 1)[1]
-            if 'loss' in name or any(name.startswith(f'{n}_')
-                                     for n in names):
+            if 'loss' in name or any(name.startswith(f'{n}_') for n in names):
                 scalars.pop(key)

@@ -97,14 +97,15 @@ def nonfinite_weights(model: nn.Module, limit: int = 3) -> List[str]:
     """
     if is_model_wrapper(model):
         model = model.module
-    named = [(name, tensor) for name, tensor in (
-        list(model.named_parameters()) + list(model.named_buffers()))
+    named = [(name, tensor)
+             for name, tensor in (list(model.named_parameters()) +
+                                  list(model.named_buffers()))
              if tensor.is_floating_point()]
     if not named:
         return []
     # One flag per tensor, read back once.
-    flags = torch.stack(
-        [torch.isfinite(t.detach()).all() for _, t in named]).cpu()
+    flags = torch.stack([torch.isfinite(t.detach()).all()
+                         for _, t in named]).cpu()
     return [name for (name, _), ok in zip(named, flags.tolist())
             if not ok][:limit]
 

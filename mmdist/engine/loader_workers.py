@@ -55,12 +55,13 @@ class LoaderWorkerGuard:
         """
         for loader in loaders:
             init_fn = getattr(loader, 'worker_init_fn', None)
-            if not getattr(loader, 'num_workers', 0) or (
-                    isinstance(init_fn, functools.partial)
-                    and init_fn.func is _guarded_worker_init):
+            if not getattr(loader, 'num_workers',
+                           0) or (isinstance(init_fn, functools.partial)
+                                  and init_fn.func is _guarded_worker_init):
                 continue
-            loader.worker_init_fn = functools.partial(
-                _guarded_worker_init, self.signals, self._released, init_fn)
+            loader.worker_init_fn = functools.partial(_guarded_worker_init,
+                                                      self.signals,
+                                                      self._released, init_fn)
         if not self._at_exit:
             # However the process ends (an exception too), release before
             # multiprocessing terminates the workers at exit: atexit runs

@@ -13,10 +13,10 @@ from mmengine import dist
 from mmengine.hooks import Hook
 from mmengine.runner import EpochBasedTrainLoop
 
+from mmdist.registry import HOOKS
 from .checkpoint_hook import SafeCheckpointHook
 from .loader_workers import LoaderWorkerGuard
 from .loops import ResumableEpochBasedTrainLoop
-from mmdist.registry import HOOKS
 
 #: Exit code after a handled SIGTERM (checkpoint saved): 128 + SIGTERM, the
 #: code shells and schedulers already read as "stopped by SIGTERM", so

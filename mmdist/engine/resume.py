@@ -23,8 +23,9 @@ def template_regex(template: str) -> 're.Pattern':
                       '$')
 
 
-def checkpoint_candidates(dirs: Iterable[str], templates: Iterable[Tuple[
-        str, int]]) -> List[Tuple[int, str]]:
+def checkpoint_candidates(
+        dirs: Iterable[str],
+        templates: Iterable[Tuple[str, int]]) -> List[Tuple[int, str]]:
     """Checkpoints in ``dirs`` whose names fit ``templates``.
 
     Args:
@@ -48,8 +49,7 @@ def checkpoint_candidates(dirs: Iterable[str], templates: Iterable[Tuple[
                 if match:
                     path = osp.join(dirname, name)
                     found[path] = int(match.group(1)) * scale
-    return sorted(((step, path) for path, step in found.items()),
-                  reverse=True)
+    return sorted(((step, path) for path, step in found.items()), reverse=True)
 
 
 def probe_checkpoint(path: str) -> Optional[str]:
@@ -82,11 +82,11 @@ def probe_checkpoint(path: str) -> Optional[str]:
     return None
 
 
-def find_resume_checkpoint(work_dir: str,
-                           dirs: Iterable[str],
-                           templates: Iterable[Tuple[str, int]],
-                           log: Callable[[str], None] = print
-                           ) -> Optional[str]:
+def find_resume_checkpoint(
+        work_dir: str,
+        dirs: Iterable[str],
+        templates: Iterable[Tuple[str, int]],
+        log: Callable[[str], None] = print) -> Optional[str]:
     """The newest checkpoint to resume from automatically.
 
     Args:

@@ -34,7 +34,8 @@ float32 whatever the input dtype (float64 inputs stay float64).
 
 Row weights (``weight``): the inter-class term is the weighted mean over rows
 ``sum_i w_i (1 - rho_i) / sum_i w_i``; the intra-class term uses weighted
-column means and weighted (co)variances, ``sum_i w_i (y_s - mu_s)(y_t - mu_t)``.
+column means and weighted (co)variances,
+``sum_i w_i (y_s - mu_s)(y_t - mu_t)``.
 A zero weight therefore drops a row from both terms exactly; if every weight
 is zero both terms are 0 and the gradient is 0.
 
@@ -172,8 +173,7 @@ class DISTLoss(nn.Module):
         self.beta = check_number('DISTLoss', 'beta', beta)
         self.gamma = check_number('DISTLoss', 'gamma', gamma)
         self.tau = check_number('DISTLoss', 'tau', tau, positive=True)
-        self.loss_weight = check_number('DISTLoss', 'loss_weight',
-                                        loss_weight)
+        self.loss_weight = check_number('DISTLoss', 'loss_weight', loss_weight)
         self.activation = activation
         self.num_classes = num_classes
         self.eps = check_number('DISTLoss', 'eps', eps, positive=True)
@@ -249,4 +249,5 @@ def warn_degenerate_classes(student: Tensor, num_classes: Optional[int],
             f'shape {tuple(student.shape)}): the inter-class Pearson '
             'correlation of so few values is constant (+-1 or 0), so that '
             'term passes (almost) no gradient; distil a head with 3 or '
-            'more classes, or set beta=0.', stacklevel=3)
+            'more classes, or set beta=0.',
+            stacklevel=3)

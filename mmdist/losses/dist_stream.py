@@ -85,9 +85,9 @@ def sync_world_size(sync: bool) -> int:
 
 
 def _common_shifts(
-    firsts: Optional[Tuple[Tensor, Tensor]], w: Optional[Tensor],
-    local_total: float, c: int, device: torch.device, dtype: torch.dtype
-) -> Tuple[Optional[Tuple[Tensor, Tensor]], float]:
+        firsts: Optional[Tuple[Tensor, Tensor]], w: Optional[Tensor],
+        local_total: float, c: int, device: torch.device,
+        dtype: torch.dtype) -> Tuple[Optional[Tuple[Tensor, Tensor]], float]:
     """Column shifts common to all ranks, and the global row total.
 
     The shift is the (weighted) column mean of every rank's first block
@@ -211,9 +211,9 @@ class _Coefficients(NamedTuple):
     hi_t: Tensor
 
 
-def _block_gradient(ys: Tensor, yt: Tensor, w: Optional[Tensor],
-                    row_a: Tensor, row_b: Tensor, col: _Coefficients,
-                    activation: str, in_place: bool) -> Tensor:
+def _block_gradient(ys: Tensor, yt: Tensor, w: Optional[Tensor], row_a: Tensor,
+                    row_b: Tensor, col: _Coefficients, activation: str,
+                    in_place: bool) -> Tensor:
     """Gradient of one block w.r.t. the student's logits.
 
     Args:
@@ -264,9 +264,14 @@ class DISTTerms(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, student: Tensor, teacher: Tensor,
-                weight: Optional[Tensor], activation: str, tau: float,
-                eps: float, world: int = 1,
+    def forward(ctx,
+                student: Tensor,
+                teacher: Tensor,
+                weight: Optional[Tensor],
+                activation: str,
+                tau: float,
+                eps: float,
+                world: int = 1,
                 floor: float = 0.0) -> Tuple[Tensor, Tensor]:
         g, c, p = student.shape
         device = student.device
@@ -331,8 +336,8 @@ class DISTTerms(torch.autograd.Function):
         # Inter-class: one Pearson correlation per row (their mean summed in
         # float64, like the columns' sums).
         row_floor = _student_floor(row_norm_t, floor, eps)
-        denom = (torch.maximum(row_norm_s, row_floor) *
-                 row_norm_t.clamp_min(eps))
+        denom = (
+            torch.maximum(row_norm_s, row_floor) * row_norm_t.clamp_min(eps))
         row_rho = row_dot / denom
         row_loss = 1.0 - row_rho.double()
         if weight is not None:
@@ -353,9 +358,10 @@ class DISTTerms(torch.autograd.Function):
         means = shifts + firsts / total
         spreads = (seconds - firsts.square() / total).clamp_min(0).sqrt()
         # Lower bounds of the student's and the teacher's spreads.
-        col_floors = torch.stack(
-            [_student_floor(spreads[1], floor, eps),
-             spreads.new_full((c, ), eps)])
+        col_floors = torch.stack([
+            _student_floor(spreads[1], floor, eps),
+            spreads.new_full((c, ), eps)
+        ])
         norm_s, norm_t = torch.maximum(spreads, col_floors)
         col_rho = (sums[4] - sum_s * sum_t / total) / (norm_s * norm_t)
         intra = (1.0 - col_rho).mean().to(dtype)
@@ -364,9 +370,9 @@ class DISTTerms(torch.autograd.Function):
         # second part is the norm's, which passes no gradient while the norm
         # is held at its floor.
         row_a = 1.0 / denom
-        row_b = torch.where(row_norm_s > row_floor,
-                            row_rho / torch.maximum(row_norm_s,
-                                                    row_floor).square(), 0.0)
+        row_b = torch.where(
+            row_norm_s > row_floor,
+            row_rho / torch.maximum(row_norm_s, row_floor).square(), 0.0)
         unclamped = spreads > col_floors
         col_a = 1.0 / (norm_s * norm_t)
         col_b = torch.where(unclamped[0], col_rho / norm_s.square(), 0.0)
@@ -418,8 +424,7 @@ class DISTTerms(torch.autograd.Function):
         col = _Coefficients(
             a=col_a.to(dtype).view(1, c, 1),
             b=col_b.to(dtype).view(1, c, 1),
-            const=(-(col_a * los[1] + col_b * los[0])).to(dtype).view(
-                1, c, 1),
+            const=(-(col_a * los[1] + col_b * los[0])).to(dtype).view(1, c, 1),
             hi_s=his[0],
             hi_t=his[1])
         row_a = (-scale_inter * row_a).view(g, 1, p)
@@ -427,8 +432,9 @@ class DISTTerms(torch.autograd.Function):
         if weight is not None:
             row_a, row_b = row_a * weight, row_b * weight
         for gs, ps in ctx.blocks:
-            ys = (kept[gs, :, ps] if kept is not None else _activate(
-                student[gs, :, ps], activation, tau, dtype))
+            ys = (
+                kept[gs, :, ps] if kept is not None else _activate(
+                    student[gs, :, ps], activation, tau, dtype))
             block = _block_gradient(
                 ys, _activate(teacher[gs, :, ps], activation, tau, dtype),
                 None if weight is None else weight[gs, :, ps],

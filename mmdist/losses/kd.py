@@ -56,8 +56,8 @@ def kd_divergence(student: Tensor,
     else:
         # log(1 - sigmoid(z)) = logsigmoid(-z)
         pt = torch.sigmoid(zt)
-        per_row = (pt * (F.logsigmoid(zt) - F.logsigmoid(zs)) +
-                   (1 - pt) * (F.logsigmoid(-zt) - F.logsigmoid(-zs))).sum(dim=1)
+        per_row = (pt * (F.logsigmoid(zt) - F.logsigmoid(zs)) + (1 - pt) *
+                   (F.logsigmoid(-zt) - F.logsigmoid(-zs))).sum(dim=1)
     if weight is None:
         return per_row.mean()
     rows_w = weight_as_rows(weight, student.shape, rows_s, anchors)

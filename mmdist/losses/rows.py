@@ -86,7 +86,9 @@ def check_pair(student: Tensor, teacher: Tensor) -> None:
                          f'teacher {tuple(teacher.shape)}')
 
 
-def check_number(owner: str, name: str, value: float,
+def check_number(owner: str,
+                 name: str,
+                 value: float,
                  positive: bool = False) -> float:
     """Check a hyper-parameter of a loss at construction.
 

@@ -43,7 +43,8 @@ def _background(rng: np.random.Generator,
         x0, y0 = rng.integers(0, width), rng.integers(0, height)
         x1, y1 = rng.integers(0, width), rng.integers(0, height)
         draw.line([(int(x0), int(y0)), (int(x1), int(y1))],
-                  fill=_random_colour(rng), width=int(rng.integers(1, 4)))
+                  fill=_random_colour(rng),
+                  width=int(rng.integers(1, 4)))
     return image
 
 
@@ -70,8 +71,9 @@ def _overlaps(box: Sequence[int],
               others: Sequence[Tuple[str, Sequence[int]]]) -> bool:
     """Whether ``box`` shares a pixel with the box of any of ``others``."""
     # PIL draws both corners of a box, so boxes with equal edges share pixels.
-    return any(box[0] <= o[2] and o[0] <= box[2] and box[1] <= o[3]
-               and o[1] <= box[3] for _, o in others)
+    return any(
+        box[0] <= o[2] and o[0] <= box[2] and box[1] <= o[3] and o[1] <= box[3]
+        for _, o in others)
 
 
 def _place_objects(rng: np.random.Generator,
@@ -97,8 +99,12 @@ def _place_objects(rng: np.random.Generator,
     for _ in range(count):
         for _attempt in range(1 if occlusion else 20):
             kind = SHAPES[int(rng.integers(len(SHAPES)))]
-            size = int(rng.integers(max(8, min(width, height) // 8),
-                                    max(12, min(width, height) // 2.5)))
+            size = int(
+                rng.integers(
+                    max(8,
+                        min(width, height) // 8),
+                    max(12,
+                        min(width, height) // 2.5)))
             aspect = float(rng.uniform(0.7, 1.4))
             w = max(6, int(size * aspect))
             h = max(6, int(size / aspect))
@@ -111,8 +117,8 @@ def _place_objects(rng: np.random.Generator,
     return objects
 
 
-def _render(rng: np.random.Generator, width: int, height: int,
-            objects, background: Image.Image):
+def _render(rng: np.random.Generator, width: int, height: int, objects,
+            background: Image.Image):
     """Draw objects in order (later ones occlude earlier ones).
 
     Returns:
@@ -131,9 +137,10 @@ def _render(rng: np.random.Generator, width: int, height: int,
             x0, y0, x1, y1 = box
             w, h = x1 - x0, y1 - y0
             hole = [x0 + w // 4, y0 + h // 4, x1 - w // 4, y1 - h // 4]
-            draw.ellipse(hole, fill=tuple(int(c) for c in
-                                          background.getpixel(
-                                              (hole[0], hole[1]))))
+            draw.ellipse(
+                hole,
+                fill=tuple(
+                    int(c) for c in background.getpixel((hole[0], hole[1]))))
             draw_index.ellipse(hole, fill=-1)
     return image, np.array(index_map, dtype=np.int32)
 
@@ -176,9 +183,9 @@ def make_coco_detection(root: str,
             objects = _place_objects(rng, width, height,
                                      int(rng.integers(1, max_objects + 1)),
                                      occlusion)
-            image, index_map = _render(rng, width, height, objects,
-                                       _background(rng, width, height,
-                                                   clutter))
+            image, index_map = _render(
+                rng, width, height, objects,
+                _background(rng, width, height, clutter))
             name = f'{image_id:06d}.jpg'
             image.save(osp.join(root, split, name), quality=95)
             images.append(
@@ -190,17 +197,20 @@ def make_coco_detection(root: str,
                 x0, y0 = int(xs.min()), int(ys.min())
                 w, h = int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1
                 annotations.append(
-                    dict(id=len(annotations) + 1 + image_id * 1000,
-                         image_id=image_id,
-                         category_id=SHAPES.index(kind) + 1,
-                         bbox=[x0, y0, w, h],
-                         area=float(len(xs)),
-                         iscrowd=0))
+                    dict(
+                        id=len(annotations) + 1 + image_id * 1000,
+                        image_id=image_id,
+                        category_id=SHAPES.index(kind) + 1,
+                        bbox=[x0, y0, w, h],
+                        area=float(len(xs)),
+                        iscrowd=0))
         path = osp.join(root, 'annotations', f'instances_{split}.json')
         with open(path, 'w') as f:
             json.dump(
-                dict(images=images, annotations=annotations,
-                     categories=categories), f)
+                dict(
+                    images=images,
+                    annotations=annotations,
+                    categories=categories), f)
         paths[split] = path
     return dict(classes=SHAPES, **paths)
 
@@ -240,9 +250,11 @@ def make_cityscapes(root: str,
         for index in range(count):
             background = _background(rng, width, height)
             labels = np.zeros((height, width), dtype=np.uint8)
-            bounds = np.sort(rng.integers(height // 6, height,
-                                          size=len(CITYSCAPES_BACKGROUND_IDS) -
-                                          1))
+            bounds = np.sort(
+                rng.integers(
+                    height // 6,
+                    height,
+                    size=len(CITYSCAPES_BACKGROUND_IDS) - 1))
             edges = [0, *bounds.tolist(), height]
             for band, train_id in enumerate(CITYSCAPES_BACKGROUND_IDS):
                 top, bottom = edges[band], edges[band + 1]
@@ -254,8 +266,7 @@ def make_cityscapes(root: str,
                     Image.fromarray(region.astype(np.uint8)), (0, top))
             objects = _place_objects(rng, width, height,
                                      int(rng.integers(1, max_objects + 1)))
-            image, index_map = _render(rng, width, height, objects,
-                                       background)
+            image, index_map = _render(rng, width, height, objects, background)
             for i, (kind, _) in enumerate(objects):
                 labels[index_map == i] = CITYSCAPES_SHAPE_IDS[SHAPES.index(
                     kind)]
@@ -286,8 +297,8 @@ def make_image_folders(root: str,
         dict: ``classes`` in folder order.
     """
     rng = np.random.default_rng(seed)
-    for split, count in (('train', num_train_per_class),
-                         ('val', num_val_per_class)):
+    for split, count in (('train', num_train_per_class), ('val',
+                                                          num_val_per_class)):
         for kind in SHAPES:
             folder = osp.join(root, split, kind)
             os.makedirs(folder, exist_ok=True)
@@ -297,9 +308,9 @@ def make_image_folders(root: str,
                 y0 = int(rng.integers(0, size - side))
                 clutter = _place_objects(rng, size, size,
                                          int(rng.integers(0, 3)))
-                image, _ = _render(rng, size, size,
-                                   clutter + [(kind, [x0, y0, x0 + side,
-                                                      y0 + side])],
-                                   _background(rng, size, size))
+                image, _ = _render(
+                    rng, size, size,
+                    clutter + [(kind, [x0, y0, x0 + side, y0 + side])],
+                    _background(rng, size, size))
                 image.save(osp.join(folder, f'{index:05d}.JPEG'), quality=95)
     return dict(classes=SHAPES)

@@ -7,7 +7,7 @@ from .modules import get_module
 
 __all__ = [
     'NotACheckpointError', 'UnsafeCheckpointError',
-    'install_safe_checkpoint_loading',
-    'register_config_package', 'get_module', 'build_model', 'is_distiller',
-    'model_config', 'resolve_teacher_paths', 'student_config'
+    'install_safe_checkpoint_loading', 'register_config_package', 'get_module',
+    'build_model', 'is_distiller', 'model_config', 'resolve_teacher_paths',
+    'student_config'
 ]

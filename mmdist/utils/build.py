@@ -90,8 +90,7 @@ def resolve_teacher_paths(cfg: Config, config_path: str) -> None:
     if not is_distiller(model):
         return
     teacher = model.get('teacher')
-    if not isinstance(teacher, str) or '::' in teacher or osp.isabs(
-            teacher):
+    if not isinstance(teacher, str) or '::' in teacher or osp.isabs(teacher):
         return
     beside_config = osp.join(osp.dirname(osp.abspath(config_path)), teacher)
     if osp.isfile(beside_config):

@@ -56,8 +56,7 @@ def _describe_zip(filename: str, size: int) -> Optional[str]:
         return (f'a truncated or damaged zip archive ({size} bytes, no '
                 'readable index at its end), e.g. an interrupted save, copy '
                 'or download')
-    if any(name == 'data.pkl' or name.endswith('/data.pkl')
-           for name in names):
+    if any(name == 'data.pkl' or name.endswith('/data.pkl') for name in names):
         return None
     if names and all(name.endswith('.npy') for name in names):
         return 'a numpy .npz archive (np.savez), not a PyTorch checkpoint'
@@ -83,8 +82,8 @@ def _describe_text(head: bytes, size: int) -> Optional[str]:
         return None
     try:
         # A multi-byte character may be cut at the end of the head.
-        text = head.decode('utf-8', errors='strict' if size <= len(head)
-                           else 'ignore')
+        text = head.decode(
+            'utf-8', errors='strict' if size <= len(head) else 'ignore')
     except UnicodeDecodeError:
         return None
     if not text or sum(c.isprintable() or c.isspace()
@@ -144,8 +143,7 @@ def describe_non_checkpoint(filename: str) -> Optional[str]:
     if head[:1] == b'\x80':
         return ('a Python pickle that torch.save did not write (no torch '
                 'magic number), e.g. a Detectron2 or pickle.dump file')
-    described = _describe_safetensors(head, size) or _describe_text(
-        head, size)
+    described = _describe_safetensors(head, size) or _describe_text(head, size)
     if described is not None:
         return described
     return f'binary data of an unknown format (starts with {head[:16]!r})'

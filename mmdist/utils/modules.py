@@ -5,7 +5,7 @@ from torch import nn
 
 
 def get_module(model: nn.Module, path: str, owner: str = 'model') -> nn.Module:
-    """Return ``model``'s submodule at ``path`` (e.g. ``bbox_head.retina_cls``).
+    """Return ``model``'s submodule at ``path`` (``bbox_head.retina_cls``).
 
     Args:
         model (nn.Module): The model to search.
@@ -22,8 +22,8 @@ def get_module(model: nn.Module, path: str, owner: str = 'model') -> nn.Module:
     modules = dict(model.named_modules())
     if path in modules and path:
         return modules[path]
-    close = difflib.get_close_matches(path, [p for p in modules if p], n=5,
-                                      cutoff=0.5)
+    close = difflib.get_close_matches(
+        path, [p for p in modules if p], n=5, cutoff=0.5)
     hint = ', '.join(close) if close else 'none similar'
     raise KeyError(f'{owner} ({type(model).__name__}) has no module '
                    f'{path!r}; closest valid paths: {hint}')

@@ -83,5 +83,5 @@ def load_student_weights(model: nn.Module, checkpoint: str) -> None:
     if is_model_wrapper(model):
         model = model.module
     ckpt = _load_checkpoint(checkpoint, map_location='cpu')
-    load_state_dict(model, student_state_dict(ckpt.get('state_dict', ckpt)),
-                    strict=True)
+    load_state_dict(
+        model, student_state_dict(ckpt.get('state_dict', ckpt)), strict=True)
