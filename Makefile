@@ -16,12 +16,12 @@ install:
 # The quick suite: every task built and stepped, the docs build and lint;
 # sets up the venv first.
 test: install
-	$(PYTHON) -m pytest tests -v -m "not heavy"
+	$(PYTHON) -m pytest tests -v -m "not heavy" --durations=25
 
 # The cases marked heavy (family matrix, end-to-end runs through tools/,
 # multi-process training), after the quick suite: the whole suite.
 test-all: test
-	$(PYTHON) -m pytest tests -v -m heavy
+	$(PYTHON) -m pytest tests -v -m heavy --durations=25
 
 # KD vs DIST on built-in synthetic data (detection and segmentation), with a
 # report in work_dirs/demo/. TASK=det|seg|all, ITERS (students),
