@@ -123,6 +123,17 @@ def test_class_count_mismatch_names_both_modules_and_shapes():
     teacher.neck.in_channels = [64, 128, 256, 512]
     teacher.bbox_head.num_classes = 10
     cfg.model.teacher = teacher
+    # The short form refuses the pair at build, naming the class counts.
+    with pytest.raises(ValueError, match='predict 80 and 10 classes'):
+        build(cfg)
+    # Explicit terms are not checked at build: the first step names the
+    # modules and shapes.
+    cfg.model.distill_terms = [
+        dict(
+            student_module='bbox_head.retina_cls',
+            teacher_module='bbox_head.retina_cls',
+            loss=dict(type='mmdist.DISTLoss', activation='sigmoid'))
+    ]
     model = build(cfg)
     with pytest.raises(ValueError) as info:
         train_step(model, det_batch())

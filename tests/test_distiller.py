@@ -228,6 +228,36 @@ model = dict(
     assert build_model(copy_cfg).teacher.backbone.depth == 34
 
 
+def test_relative_teacher_ckpt_resolves_like_the_teacher(
+        tmp_path, monkeypatch):
+    """A relative ``teacher_ckpt`` resolves from the config's folder first,
+    then from the working directory; URLs and missing files stay as they
+    are (building the teacher then names the missing file)."""
+    from mmengine.config import Config
+
+    from mmdist.utils import resolve_teacher_paths
+    folder = tmp_path / 'configs'
+    folder.mkdir()
+    (folder / 'teacher.pth').write_bytes(b'')
+    (tmp_path / 'cwd.pth').write_bytes(b'')
+    config = str(folder / 'dist.py')
+
+    def resolved(teacher_ckpt):
+        cfg = Config(
+            dict(
+                model=dict(type='mmdist.Distiller',
+                           teacher_ckpt=teacher_ckpt)))
+        resolve_teacher_paths(cfg, config)
+        return cfg.model.teacher_ckpt
+
+    monkeypatch.chdir(tmp_path)
+    assert resolved('teacher.pth') == str(folder / 'teacher.pth')
+    assert resolved('cwd.pth') == str(tmp_path / 'cwd.pth')
+    assert resolved('absent.pth') == 'absent.pth'
+    url = 'https://download.openmmlab.com/x.pth'
+    assert resolved(url) == url and resolved(None) is None
+
+
 def test_missing_relative_teacher_suggests_file_dirname(tmp_path):
     import pytest
     cfg = load_offline('mmdet/retinanet_x101-64x4d_to_r50_fpn_2x_coco_dist.py')

@@ -74,13 +74,16 @@ def student_config(cfg: Config) -> Config:
 
 
 def resolve_teacher_paths(cfg: Config, config_path: str) -> None:
-    """Make a relative ``teacher`` config path absolute, from the folder of
-    the config that names it, as ``_base_`` paths resolve; in place.
+    """Make a relative ``teacher`` config path and a relative local
+    ``teacher_ckpt`` absolute, from the folder of the config that names
+    them, as ``_base_`` paths resolve; in place.
 
     MMEngine does not record which file set a key, so the folder of the
     config the tools were given is used (a path that exists there wins over
     one in the working directory). The absolute path is what the Runner
     saves in the work dir's config copy, which therefore still resolves.
+    A path found in neither place is left as it is: building the teacher
+    then fails with an error that names it.
 
     Args:
         cfg (Config): The loaded config.
@@ -89,11 +92,14 @@ def resolve_teacher_paths(cfg: Config, config_path: str) -> None:
     model = cfg.get('model')
     if not is_distiller(model):
         return
-    teacher = model.get('teacher')
-    if not isinstance(teacher, str) or '::' in teacher or osp.isabs(teacher):
-        return
-    beside_config = osp.join(osp.dirname(osp.abspath(config_path)), teacher)
-    if osp.isfile(beside_config):
-        model.teacher = osp.normpath(beside_config)
-    elif osp.isfile(teacher):
-        model.teacher = osp.abspath(teacher)
+    for key in ('teacher', 'teacher_ckpt'):
+        path = model.get(key)
+        # Package (mmdet::) and remote (https://) paths resolve elsewhere.
+        if (not isinstance(path, str) or '::' in path or '://' in path
+                or osp.isabs(path)):
+            continue
+        beside_config = osp.join(osp.dirname(osp.abspath(config_path)), path)
+        if osp.isfile(beside_config):
+            model[key] = osp.normpath(beside_config)
+        elif osp.isfile(path):
+            model[key] = osp.abspath(path)
