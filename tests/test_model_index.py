@@ -245,9 +245,9 @@ def install_copy(tmp_path):
     ignore = shutil.ignore_patterns('__pycache__', '*.pyc', '.mim',
                                     '*.egg-info')
     src.mkdir()
-    for name in ('setup.py', 'README.md'):
+    for name in ('setup.py', 'setup.cfg', 'MANIFEST.in', 'README.md'):
         shutil.copy(REPO / name, src / name)
-    for name in ('mmdist', 'configs', 'tools'):
+    for name in ('mmdist', 'configs', 'tools', 'requirements'):
         shutil.copytree(REPO / name, src / name, ignore=ignore)
     site = tmp_path / 'site'
     subprocess.run([
