@@ -412,28 +412,3 @@ def test_cityscapes_configs_keep_mmseg_recipe(path):
     assert cfg.train_dataloader.batch_size == 2
     assert cfg.train_cfg.max_iters == 80000
     assert cfg.optim_wrapper.optimizer.lr == 0.01
-
-
-def test_readme_commands_agree_with_the_recipes():
-    """Every `tools/dist_train.sh CONFIG N` in the README trains with the
-    number of images per step of the config's recipe (model index)."""
-    import re
-
-    from mmdist.utils.config import PACKAGE_DIR
-    index_root = osp.join(PACKAGE_DIR, '.mim')
-    with open(osp.join(index_root, 'model-index.yml')) as f:
-        imports = yaml.safe_load(f)['Import']
-    batch = {}
-    for rel in imports:
-        with open(osp.join(index_root, rel)) as f:
-            for model in yaml.safe_load(f)['Models']:
-                batch[model['Config'].partition('/')[-1]] = \
-                    model['Metadata']['Batch Size']
-    readme = (CONFIGS.parent / 'README.md').read_text()
-    commands = re.findall(r'tools/dist_train\.sh configs/(\S+\.py) (\d+)',
-                          readme)
-    assert commands
-    for path, gpus in commands:
-        cfg = Config.fromfile(str(CONFIGS / path))
-        assert int(gpus) * cfg.train_dataloader.batch_size == batch[path], (
-            path, gpus)

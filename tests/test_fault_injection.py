@@ -482,7 +482,9 @@ def test_sigterm_iteration_based_then_resume(tmp_path, straight):
     sigterm_when(
         tmp_path, config, work, 'Iter(train) [3/8]', TOY_TRAIN_SLEEP='0.2')
     stopped = pointer(work)
-    assert stopped in ('iter_4.pth', 'iter_5.pth'), stopped
+    # The signal lands once iteration 3 is logged: still in that
+    # iteration's hooks, or a later iteration when the machine is busy.
+    assert stopped in [f'iter_{n}.pth' for n in range(3, 8)], stopped
     log = train(tmp_path, config, work, '--resume')
     assert f'resumed epoch: 0, iter: {stopped[5:-4]}' in log
     assert_same_weights(straight[False] / 'iter_8.pth', work / 'iter_8.pth')
