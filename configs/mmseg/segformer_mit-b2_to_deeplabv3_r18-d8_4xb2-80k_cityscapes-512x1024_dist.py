@@ -1,5 +1,5 @@
 # DIST: SegFormer MiT-B2 -> DeepLabV3 R18-d8 on Cityscapes, MMSeg's 4xb2-80k.
-# The teacher's 1/4-scale logits are resized to the student's 1/8 (README).
+# The short form resizes the teacher's 1/4-scale logits to the student's 1/8.
 _base_ = [
     'mmseg::deeplabv3/deeplabv3_r18-d8_4xb2-80k_cityscapes-512x1024.py',
     '../_base_/distill_runtime.py'
@@ -17,8 +17,5 @@ model = dict(
     '6096669a.pth',
     teacher_precision='bf16',
     distill_terms=[
-        dict(
-            head='decode_head',
-            resize_teacher=True,
-            loss=dict(type='mmdist.DISTLoss'))
+        dict(head='decode_head', loss=dict(type='mmdist.DISTLoss'))
     ])

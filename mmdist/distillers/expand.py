@@ -30,6 +30,7 @@ from mmdist.registry import MODELS
 from mmdist.utils import get_module
 from .families import (INSTEAD, SLOT_NAMES, SLOTS, HeadFamily, Slot, family_of,
                        head_activation)
+from .shape_probe import probe_term_shapes
 
 _LOSS_NAMES = {'DISTLoss': 'dist', 'KDLoss': 'kd'}
 _TERM_KEYS = ('student_module', 'teacher_module')
@@ -480,8 +481,11 @@ def expand_terms(terms: Optional[Sequence[dict]],
                  student: nn.Module,
                  teacher: nn.Module,
                  log: bool = True,
-                 notes: Optional[List[str]] = None) -> List[dict]:
-    """All terms of a distiller as explicit term configs, logged.
+                 notes: Optional[List[str]] = None,
+                 probe: bool = True) -> List[dict]:
+    """All terms of a distiller as explicit term configs, logged, and
+    their shapes checked by one probe forward of both models (see
+    :mod:`~mmdist.distillers.shape_probe`).
 
     Args:
         terms (list[dict] | None): The distiller's ``distill_terms``;
@@ -492,19 +496,22 @@ def expand_terms(terms: Optional[Sequence[dict]],
         log (bool): Log the expansion (as pasteable config) and what the
             short form left out. Defaults to True.
         notes (list, optional): Receives what the short form left out and
-            why (one line each).
+            why, and what the probe set or could not check (one line each).
+        probe (bool): Run the probe forward. Defaults to True.
 
     Returns:
         list[dict]: :class:`~mmdist.distillers.DistillTerm` configs.
 
     Raises:
         ValueError: A term names a refused head (query heads), a short term
-            whose student and teacher rows do not correspond, or a
-            container path that cannot be expanded.
+            whose student and teacher rows do not correspond, a container
+            path that cannot be expanded, or a term whose two outputs have
+            shapes that cannot meet in its loss.
     """
     if terms is None:
         terms = [dict(loss=dict(type='mmdist.DISTLoss'))]
     out: List[dict] = []
+    short: List[bool] = []
     expanded_any = False
     for term in terms:
         term = dict(term)
@@ -525,6 +532,7 @@ def expand_terms(terms: Optional[Sequence[dict]],
             explicit_terms = expand_explicit(term, student, teacher)
             expanded_any |= len(explicit_terms) > 1
             out += explicit_terms
+            short += [False] * len(explicit_terms)
             continue
         expanded, short_notes = expand_short(term, student, teacher)
         for note in short_notes if log else ():
@@ -532,7 +540,14 @@ def expand_terms(terms: Optional[Sequence[dict]],
         if notes is not None:
             notes += short_notes
         out += expanded
+        short += [True] * len(expanded)
         expanded_any = True
+    probe_notes = probe_term_shapes(out, student, teacher, short) if (
+        probe) else []
+    for note in probe_notes if log else ():
+        print_log(f'distill terms: {note}', logger='current')
+    if notes is not None:
+        notes += probe_notes
     if expanded_any and log:
         print_log(
             'distill terms, expanded:\n' + format_terms(out), logger='current')

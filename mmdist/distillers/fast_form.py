@@ -295,7 +295,8 @@ def fold_batchnorm(
     modules = dict(model.named_modules())
     for conv, norm in pairs:
         fold_conv_bn(modules[conv], modules[norm])
-        _replace(model, modules[norm], nn.Identity())
+        # Eval mode like the rest of the frozen model.
+        _replace(model, modules[norm], nn.Identity().eval())
     return pairs
 
 

@@ -21,6 +21,7 @@ from torch import nn
 from mmdist.registry import MODELS
 from mmdist.utils.student import STUDENT_PREFIX, distillation_checkpoint_note
 from .fast_form import TeacherForm, make_fast, resolve_precision
+from .shape_probe import PROBE_SIZES
 
 
 def load_teacher_config(
@@ -253,12 +254,6 @@ def build_frozen_teacher(
         param.requires_grad_(False)
     model.eval()
     return model
-
-
-# Probe inputs for finding the foldable BatchNorm layers: the first size
-# that the teacher's plan runs on (64 suits FPNs, ResNets, MiT; 224 models
-# with a fixed input size).
-PROBE_SIZES = (64, 224)
 
 
 def _head_paths(model: nn.Module) -> list:

@@ -14,6 +14,7 @@ from mmdist.utils import get_module
 from .connectors import check_connector_levels
 from .families import family_of
 from .recorder import Recorder
+from .shape_probe import resizable, shape_mismatch
 
 _LOSS_NAMES = {'DISTLoss': 'dist', 'KDLoss': 'kd'}
 # Constant: a spread under 1e-5 of its scale (at least 1, a logit's unit),
@@ -113,21 +114,15 @@ class DistillTerm(nn.Module):
         """Return teacher logits shaped like the student's, or raise."""
         if student.shape == teacher.shape:
             return teacher
-        same_rows_cols = (
-            student.dim() == teacher.dim() == 4
-            and student.shape[:2] == teacher.shape[:2])
-        if self.resize_teacher and same_rows_cols:
+        if self.resize_teacher and resizable(student.shape, teacher.shape):
             return F.interpolate(
                 teacher.float(),
                 size=student.shape[2:],
                 mode='bilinear',
                 align_corners=False)
-        hint = (' Set resize_teacher=True on this term to resize the '
-                'teacher bilinearly.' if same_rows_cols else '')
         raise ValueError(
-            f'distillation term {self.name!r}: student {self.student_module} '
-            f'gives {tuple(student.shape)} but teacher {self.teacher_module} '
-            f'gives {tuple(teacher.shape)}.{hint}')
+            shape_mismatch(self.name, self.student_module, self.teacher_module,
+                           student.shape, teacher.shape))
 
     def row_weight(self, logits: Tensor,
                    data_samples: Optional[list]) -> Optional[Tensor]:
