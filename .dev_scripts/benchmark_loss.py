@@ -1,8 +1,10 @@
 """Benchmark DISTLoss against the published formulation of the loss.
 
-The reference computes the loss as the paper's authors and MMRazor write it:
-activation, mean-centring, cosine similarity, and the intra-class term
-through a transpose, with autograd doing the backward pass. Both run
+The reference is the published formulation, as the paper's authors and
+MMRazor write it: activation, mean-centring, cosine similarity, and the
+intra-class term through a transpose, with autograd doing the backward pass;
+it is DISTLoss's specification (``mmdist/losses/dist_spec.py``) with
+``floor=0`` and no weights. Both run
 forward + backward on the same logits; the script prints the median time of
 several runs after a warm-up, the peak extra memory of each implementation
 (measured in its own fresh process), the ratios, and the relative difference
@@ -31,7 +33,6 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 # name: (rows-by-classes description, logits shape, activation, num_classes)
 SHAPES = {
@@ -45,41 +46,19 @@ SHAPES = {
 }
 
 
-def reference_dist(student,
-                   teacher,
-                   activation,
-                   num_classes,
-                   tau=1.0,
-                   beta=1.0,
-                   gamma=1.0,
-                   eps=1e-8):
-    """The published formulation, written with generic tensor ops (float32,
-    or float64 for float64 inputs: the accuracy yardstick)."""
-
-    def rows(x):
-        if x.dim() == 2:
-            return x
-        if num_classes is not None:
-            n, k = x.shape[:2]
-            x = x.reshape(n, k // num_classes, num_classes, -1)
-            return x.permute(0, 1, 3, 2).reshape(-1, num_classes)
-        return x.flatten(2).transpose(1, 2).reshape(-1, x.shape[1])
-
-    def act(x):
-        return (torch.softmax(x / tau, dim=1)
-                if activation == 'softmax' else torch.sigmoid(x / tau))
-
-    def pearson_distance(a, b):
-        a = a - a.mean(dim=1, keepdim=True)
-        b = b - b.mean(dim=1, keepdim=True)
-        return 1 - F.cosine_similarity(a, b, dim=1, eps=eps).mean()
-
-    dtype = torch.promote_types(student.dtype, torch.float32)
-    y_s = act(rows(student).to(dtype))
-    y_t = act(rows(teacher.detach()).to(dtype))
-    inter = pearson_distance(y_s, y_t)
-    intra = pearson_distance(y_s.transpose(0, 1), y_t.transpose(0, 1))
-    return tau**2 * (beta * inter + gamma * intra)
+def published(student, teacher, activation, num_classes, tau=1.0):
+    """The published formulation: DISTLoss's specification
+    (:func:`mmdist.losses.dist_spec.dist_spec`) with ``floor=0`` and no
+    weights, which runs exactly the published operations (float32, or
+    float64 for float64 inputs: the accuracy yardstick)."""
+    from mmdist.losses.dist_spec import dist_spec_loss
+    return dist_spec_loss(
+        student,
+        teacher,
+        activation=activation,
+        tau=tau,
+        num_classes=num_classes,
+        floor=0.)
 
 
 # Block policy forced on mmdist (--policy); None: the device's own.
@@ -94,7 +73,7 @@ def mmdist_dist(student, teacher, activation, num_classes):
         return loss(student, teacher)
 
 
-IMPLEMENTATIONS = {'reference': reference_dist, 'mmdist': mmdist_dist}
+IMPLEMENTATIONS = {'reference': published, 'mmdist': mmdist_dist}
 
 
 def make_inputs(shape_name, device):
@@ -193,10 +172,10 @@ def peak_extra_bytes(fn, device):
 def measure_memory(impl, shape_name, device):
     """Peak extra memory of one forward+backward, in this (fresh) process."""
     student, teacher, activation, num_classes = make_inputs(shape_name, device)
-    if impl == 'mmdist':
-        # Import before the baseline: the package's import (MMEngine and
-        # friends, ~90 MB resident) is not the loss's memory.
-        import mmdist.losses  # noqa: F401
+    # Import before the baseline: the package's import (MMEngine and
+    # friends, ~90 MB resident) is not the loss's memory.
+    import mmdist.losses.dist_spec  # noqa: F401
+
     # The inputs are allocated before, so the growth is what the loss adds.
     return peak_extra_bytes(
         lambda: step(impl, student, teacher, activation, num_classes), device)

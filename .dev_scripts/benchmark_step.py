@@ -61,6 +61,10 @@ PAIRS = {
     'seg-shipped':
     ('configs/mmseg/deeplabv3_r101-d8_to_deeplabv3_r18-d8_'
      '4xb2-80k_cityscapes-512x1024_dist.py', 'mmseg', 'seg-large', 2),
+    # Demo-sized DINO pair: the shipped config's R50 student, an R50 DINO
+    # teacher, 100 queries (see build_pair); shared distillation queries.
+    'dino-demo': ('configs/mmdet/dino-5scale_swin-l_to_dino-4scale_r50_'
+                  '8xb2-12e_coco_dist.py', 'mmdet', 'det', 2),
 }
 
 # Every shipped teacher: (a config distilling from it, scope, batch kind,
@@ -150,6 +154,15 @@ def build_pair(path: str, scope: str, precision: str = 'float32'):
         for head in cfg.model.teacher.roi_head.bbox_head:
             head.num_classes = 5
         cfg.model.teacher.roi_head.mask_head.num_classes = 5
+    if 'dino' in path:
+        # Demo size: an R50 teacher and 100 queries on both (128x128 images
+        # give 340 encoder tokens, enough for the two-stage top-k).
+        cfg.model.teacher = load_teacher_config(
+            'mmdet::dino/dino-4scale_r50_8xb2-12e_coco.py')
+        strip_pretrained(cfg.model.teacher)
+        cfg.model.teacher_ckpt = None
+        for model in (cfg.model.student, cfg.model.teacher):
+            model.num_queries = 100
     init_default_scope(scope)
     torch.manual_seed(0)
     return build_model(cfg)

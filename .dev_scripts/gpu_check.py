@@ -11,7 +11,8 @@ and reports per shape:
   (``torch.cuda.max_memory_allocated`` on CUDA) and the ratio;
 - kernel launches of one forward + backward (``torch.profiler``; on the CPU
   the top-level ``aten::`` ops, which a GPU would launch);
-- the relative difference of the values and gradients.
+- the relative difference of the values and gradients, and the path
+  DISTLoss took per level (one pass or streamed, by size).
 
 Shapes (CUDA; ``--device cpu`` runs the same cases at small sizes, so that a
 test keeps the script working): the five RetinaNet levels P3-P7 in the
@@ -260,7 +261,7 @@ def measure_case(losses, case, device, runs, warmup):
     impls = {
         'reference':
         functools.partial(
-            benchmark_loss.reference_dist,
+            benchmark_loss.published,
             activation=case.activation,
             num_classes=case.num_classes,
             tau=case.tau),
@@ -300,6 +301,11 @@ def measure_case(losses, case, device, runs, warmup):
     row['value_rel_diff'] = rel_diff([new_loss], [ref_loss])
     row['grad_rel_diff'] = rel_diff(new_grads, ref_grads)
     row['time_ratio'] = row['mmdist_ms'] / row['reference_ms']
+    # One pass or streamed (mmdist.losses.dist.fits_one_pass), per level.
+    from mmdist.losses.dist import fits_one_pass
+    row['mmdist_path'] = ' + '.join(
+        'one pass' if fits_one_pass(student.view(*student.shape[:2], -1)
+                                    ) else 'streamed' for student, _ in pairs)
     row['memory_ratio'] = row['mmdist_mb'] / max(row['reference_mb'], 1e-6)
     row['memory_target'] = case.memory_target
     return row

@@ -208,6 +208,17 @@ _PSP_P = ('mmseg/deeplabv3_r101-d8_to_pspnet_r18-d8_4xb2-80k_'
           'cityscapes-512x1024')
 _SEGF_P = ('mmseg/segformer_mit-b2_to_deeplabv3_r18-d8_4xb2-80k_'
            'cityscapes-512x1024')
+_VOC_P = 'mmdet/retinanet_x101-64x4d-coco_to_r50_fpn_1x_voc0712'
+_DINO_P = 'mmdet/dino-5scale_swin-l_to_dino-4scale_r50_8xb2-12e_coco'
+_M2F_P = ('mmseg/mask2former_swin-l-in22k_to_r50_8xb2-90k_'
+          'cityscapes-512x1024')
+_VOC_TO_COCO = dict(
+    aeroplane='airplane',
+    motorbike='motorcycle',
+    sofa='couch',
+    tvmonitor='tv',
+    diningtable='dining table',
+    pottedplant='potted plant')
 EXPLICIT = {
     f'{_RETINA_P}_dist.py': [_pair(*_RETINA, _DIST_SIG)],
     f'{_RETINA_P}_kd.py': [_pair(*_RETINA, _KD_SIG)],
@@ -221,6 +232,22 @@ EXPLICIT = {
     f'{_FASTER_P}_dist_mimic.py': [_pair(*_FASTER, _DIST_SOFT), _MIMIC],
     'mmdet/atss_r101_to_r50_fpn_1x_coco_dist.py': [_pair(*_ATSS, _DIST_SIG)],
     'mmdet/atss_r101_to_r50_fpn_1x_coco_kd.py': [_pair(*_ATSS, _KD_SIG)],
+    f'{_VOC_P}_dist.py': [_pair(*_RETINA, _DIST_SIG, class_map=_VOC_TO_COCO)],
+    f'{_VOC_P}_kd.py': [_pair(*_RETINA, _KD_SIG, class_map=_VOC_TO_COCO)],
+    f'{_DINO_P}_dist.py':
+    [_pair('bbox_head', 'bbox_head', _DIST_SIG, name='dist', queries={})],
+    f'{_DINO_P}_kd.py':
+    [_pair('bbox_head', 'bbox_head', _KD_SIG, name='kd', queries={})],
+    f'{_M2F_P}_dist.py':
+    [_pair('decode_head', 'decode_head', _DIST_SOFT, name='dist', queries={})],
+    f'{_M2F_P}_kd.py': [
+        _pair(
+            'decode_head',
+            'decode_head',
+            dict(type='mmdist.KDLoss', activation='softmax', tau=1.0),
+            name='kd',
+            queries={})
+    ],
     'mmpretrain/resnet34_to_resnet18_8xb32_in1k_dist.py':
     [_pair(*_CLS, _DIST_2)],
     'mmpretrain/resnet34_to_resnet18_8xb32_in1k_kd.py':
@@ -240,8 +267,9 @@ EXPLICIT = {
     'mmpretrain/resnet50_to_resnet18_1xb64_cifar100_kd.py':
     [_pair(*_CLS, dict(type='mmdist.KDLoss', tau=4.0))],
     f'{_SEGF_P}_dist.py': [_pair(*_SEG, _DIST_1, resize_teacher=True)],
-    f'{_SEGF_P}_kd.py':
-    [_pair(*_SEG, dict(type='mmdist.KDLoss', tau=1.0), resize_teacher=True)],
+    f'{_SEGF_P}_kd.py': [
+        _pair(*_SEG, dict(type='mmdist.KDLoss', tau=1.0), resize_teacher=True)
+    ],
 }
 for _p in (_DLV3_P, _PSP_P):
     EXPLICIT[f'{_p}_dist.py'] = [
@@ -255,11 +283,12 @@ for _p in (_DLV3_P, _PSP_P):
             dict(type='mmdist.KDLoss', tau=1.0, loss_weight=0.4),
             name='kd_aux')
     ]
-# Two-stage pairs build a ResNeXt-101 Cascade Mask R-CNN teacher: slow on
-# 2 CPU cores.
+# Two-stage pairs build a ResNeXt-101 Cascade Mask R-CNN teacher, the DINO
+# and Mask2Former pairs a Swin-L one: slow on 2 CPU cores (the VOC pair's
+# teacher is checked in test_class_map.py).
 SHORT_FORM = [
-    pytest.param(p, marks=pytest.mark.heavy) if p.startswith(_FASTER_P) else p
-    for p in sorted(EXPLICIT)
+    pytest.param(p, marks=pytest.mark.heavy) if p.startswith(
+        (_FASTER_P, _VOC_P, _DINO_P, _M2F_P)) else p for p in sorted(EXPLICIT)
 ]
 
 
@@ -300,6 +329,9 @@ def describe(term) -> dict:
         resize_teacher=term.resize_teacher,
         ignore_index=term.ignore_index,
         max_calls=term.max_calls,
+        queries=getattr(term, 'query_cfg', None),
+        teacher_columns=None
+        if term.class_mapping is None else term.class_mapping.to_config(),
         loss=(type(term.loss).__name__, settings(term.loss)),
         connector=None if term.connector is None else
         (type(term.connector).__name__, settings(term.connector),
@@ -312,7 +344,7 @@ def test_short_form_expands_to_the_explicit_terms(path):
     are exactly the explicit terms it stated before (names, modules, loss
     types and settings, connectors), so the change is one of form only."""
     from mmdist.distillers.expand import expand_terms
-    from mmdist.distillers.terms import DistillTerm
+    from mmdist.distillers.queries import make_term
     cfg = Config.fromfile(str(CONFIGS / path))
     assert any('head' in t or 'student_module' not in t
                for t in cfg.model.distill_terms), 'not in the short form'
@@ -321,15 +353,20 @@ def test_short_form_expands_to_the_explicit_terms(path):
         shipped = list(model.terms)
     else:  # a sibling: the same expansion the Distiller runs when built
         shipped = [
-            DistillTerm(**t) for t in expand_terms(
+            make_term(t) for t in expand_terms(
                 cfg.model.distill_terms,
                 model.student,
                 model.teacher,
-                log=False)
+                log=False,
+                class_names=model.class_names)
         ]
     explicit = [
-        DistillTerm(**t) for t in expand_terms(
-            EXPLICIT[path], model.student, model.teacher, log=False)
+        make_term(t) for t in expand_terms(
+            EXPLICIT[path],
+            model.student,
+            model.teacher,
+            log=False,
+            class_names=model.class_names)
     ]
     assert [describe(t) for t in shipped] == [describe(t) for t in explicit]
 

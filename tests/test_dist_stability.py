@@ -7,17 +7,16 @@ teacher's, which bounds the gradient of a nearly constant student.
   times).
 - The value: the paper's formula wherever every student row and column has
   a centred norm of at least ``floor`` times the teacher's.
-- The gradient: the analytic backward equals float64 autograd of the same
-  floored forward, under both block policies.
+- The gradient: the analytic backward equals float64 autograd of the
+  specification (mmdist.losses.dist_spec), on every path.
 """
 import pytest
 import torch
 import torch.nn.functional as F
 
 from mmdist.losses import DISTLoss
-from mmdist.losses.blocks import force_block_policy
 from mmdist.losses.dist import DEFAULT_FLOORS
-from test_losses import autograd_dist, grads, plain_dist, rel_err
+from test_losses import PATHS, grads, loop_dist, on_path, rel_err, spec
 
 # (beta, gamma, tau) of the shipped configs: detection and segmentation,
 # ImageNet, CIFAR-100.
@@ -57,12 +56,11 @@ def _ratio_to_cross_entropy(student, teacher, **loss_kwargs):
     return dist / ce
 
 
-@pytest.mark.parametrize('policy', ['cpu', 'gpu'])
+@pytest.mark.parametrize('path', PATHS)
 @pytest.mark.parametrize('beta, gamma, tau', SHIPPED)
-def test_gradient_bounded_at_a_nearly_constant_student(beta, gamma, tau,
-                                                       policy):
+def test_gradient_bounded_at_a_nearly_constant_student(beta, gamma, tau, path):
     teacher = _teacher()
-    with force_block_policy(policy):
+    with on_path(path):
         for name, student in _nearly_constant_students().items():
             ratio = _ratio_to_cross_entropy(
                 student, teacher, beta=beta, gamma=gamma, tau=tau)
@@ -166,7 +164,7 @@ def test_value_is_the_papers_above_the_floor(act, beta, gamma, tau):
                     _student_with_relative_spread(teacher, 0.3, act)):
         got = DISTLoss(
             beta=beta, gamma=gamma, tau=tau, activation=act)(student, teacher)
-        ref = plain_dist(student, teacher, beta, gamma, tau, act)
+        ref = loop_dist(student, teacher, beta, gamma, tau, act)
         assert abs(float(got) - float(ref)) <= 1e-4 * float(ref)
 
 
@@ -185,9 +183,9 @@ def test_floor_changes_only_a_student_below_it(act):
         2.0, abs=1e-3)
 
 
-@pytest.mark.parametrize('policy', ['cpu', 'gpu'])
+@pytest.mark.parametrize('path', PATHS)
 @pytest.mark.parametrize('act', ['softmax', 'sigmoid'])
-def test_floored_gradient_matches_autograd(act, policy):
+def test_floored_gradient_matches_autograd(act, path):
     # Rows and columns at the floor and above it, weighted and not; 3000
     # rows span several CPU-policy blocks.
     gen = torch.Generator().manual_seed(4)
@@ -195,7 +193,7 @@ def test_floored_gradient_matches_autograd(act, policy):
     student = 1e-4 * torch.randn(3000, 20, generator=gen)
     student[:100] = torch.randn(100, 20, generator=gen)
     weight = torch.rand(3000, generator=gen)
-    with force_block_policy(policy):
+    with on_path(path):
         for w in (None, weight):
             for kwargs in (dict(), dict(beta=2., gamma=2., tau=4.)):
                 got, ref = grads(student, teacher, w, activation=act, **kwargs)
@@ -212,13 +210,7 @@ def test_floored_loss_passes_gradcheck():
     ]).requires_grad_()
     fn = DISTLoss(beta=1.5, gamma=0.5, tau=2)
     assert torch.autograd.gradcheck(lambda x: fn(x, teacher), (student, ))
-    ref = autograd_dist(
-        student,
-        teacher,
-        beta=1.5,
-        gamma=0.5,
-        tau=2.,
-        floor=DEFAULT_FLOORS['softmax'])
+    ref = spec(student, teacher, beta=1.5, gamma=0.5, tau=2.)
     assert torch.allclose(fn(student, teacher), ref, rtol=1e-10)
 
 

@@ -86,16 +86,19 @@ def _batch(zoo: ZooModel, cfg: Config):
     classes = _num_classes(cfg.model, 80)
     if package == 'mmdet':
         size = zoo.input_size or (128, 128)
+        panoptic = cfg.model.get('panoptic_head') is not None
         with_mask = 'mask' in str(
             cfg.model.get('roi_head', {}).get(
-                'mask_head', '')) or cfg.model.get('mask_head') is not None
+                'mask_head', '')) or (cfg.model.get('mask_head') is not None
+                                      or panoptic)
         from mmdet.testing import demo_mm_inputs
         return demo_mm_inputs(
             batch_size=2,
             image_shapes=[(3, *size)] * 2,
             num_items=[3, 3],
             num_classes=classes,
-            with_mask=with_mask)
+            with_mask=with_mask,
+            with_semantic=panoptic)
     if package == 'mmseg':
         batch = seg_batch(num_classes=classes, size=zoo.input_size or SEG_SIZE)
         for sample in batch['data_samples']:

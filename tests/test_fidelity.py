@@ -22,6 +22,7 @@ from mmengine.runner import Runner
 from helpers import (CONFIGS, cls_batch, det_batch, load_offline, seg_batch,
                      shipped_configs)
 from mmdist.distillers import load_teacher_config
+from mmdist.distillers.class_map import teacher_classes
 from mmdist.testing import strip_pretrained
 from mmdist.utils import build_model
 
@@ -30,7 +31,8 @@ ALL = [
     for c in shipped_configs(task)
 ]
 DIST = [c for c in ALL if c.endswith('_dist.py')]
-HEAVY = ('cascade-mask-rcnn', 'resnet152', 'segformer')
+# The VOC pair's teacher is the COCO RetinaNet pair's, checked quick.
+HEAVY = ('cascade-mask-rcnn', 'resnet152', 'segformer', 'voc0712')
 
 
 def marked(paths):
@@ -126,6 +128,8 @@ def check_pair(path: str,
     teacher_model = load_teacher_config(cfg.model.teacher,
                                         cfg.get('data_preprocessor'))
     strip_pretrained(teacher_model)
+    # Its class names, which its config file gives and a model dict cannot.
+    cfg.model.teacher_classes = teacher_classes(cfg.model.teacher)
     if teacher_preprocessor is not None:
         teacher_model.data_preprocessor = teacher_preprocessor
     cfg.model.teacher = teacher_model

@@ -1,4 +1,5 @@
 """DISTLoss and KDLoss against deliberately plain float64 formulas."""
+import contextlib
 import math
 
 import pytest
@@ -6,24 +7,23 @@ import torch
 
 from mmdist.losses import DISTLoss, KDLoss, dist_terms
 from mmdist.losses.blocks import force_block_policy
-from mmdist.losses.dist import DEFAULT_FLOORS
+from mmdist.losses.dist import DEFAULT_FLOORS, force_path
+from mmdist.losses.dist_spec import dist_spec_loss
 
 
 # ---------------------------------------------------------------- reference
-def plain_pearson(u, v, eps=1e-8, w=None):
-    """Pearson correlation of two vectors; weighted when ``w`` is given."""
-    if w is None:
-        w = torch.ones_like(u)
-    mu_u = (w * u).sum() / w.sum()
-    mu_v = (w * v).sum() / w.sum()
-    cov = (w * (u - mu_u) * (v - mu_v)).sum()
-    norm_u = (w * (u - mu_u)**2).sum().sqrt().clamp_min(eps)
-    norm_v = (w * (v - mu_v)**2).sum().sqrt().clamp_min(eps)
-    return cov / (norm_u * norm_v)
-
-
-def plain_dist(s, t, beta=1., gamma=1., tau=1., act='softmax', w=None):
-    """The paper's formula on a (rows x classes) matrix, loop by loop."""
+def loop_dist(s,
+              t,
+              beta=1.,
+              gamma=1.,
+              tau=1.,
+              act='softmax',
+              w=None,
+              floor=0.,
+              eps=1e-8):
+    """DIST on a (rows x classes) matrix in float64, row by row and column
+    by column: the check of the specification (mmdist.losses.dist_spec)
+    that is not the specification itself."""
     s, t = s.double(), t.double()
     if act == 'softmax':
         ys, yt = torch.softmax(s / tau, 1), torch.softmax(t / tau, 1)
@@ -31,9 +31,19 @@ def plain_dist(s, t, beta=1., gamma=1., tau=1., act='softmax', w=None):
         ys, yt = torch.sigmoid(s / tau), torch.sigmoid(t / tau)
     rows, cols = ys.shape
     w_rows = torch.ones(rows, dtype=torch.float64) if w is None else w.double()
-    inter = sum(w_rows[i] * (1 - plain_pearson(ys[i], yt[i]))
+
+    def rho(u, v, wt):
+        u = u - (wt * u).sum() / wt.sum()
+        v = v - (wt * v).sum() / wt.sum()
+        norm_u = (wt * u**2).sum().sqrt()
+        norm_v = (wt * v**2).sum().sqrt()
+        held = max(norm_u, max(floor * norm_v, eps))
+        return (wt * u * v).sum() / (held * max(norm_v, eps))
+
+    ones = torch.ones(cols, dtype=torch.float64)
+    inter = sum(w_rows[i] * (1 - rho(ys[i], yt[i], ones))
                 for i in range(rows)) / w_rows.sum()
-    intra = sum(1 - plain_pearson(ys[:, j], yt[:, j], w=w_rows)
+    intra = sum(1 - rho(ys[:, j], yt[:, j], w_rows)
                 for j in range(cols)) / cols
     return tau**2 * (beta * inter + gamma * intra)
 
@@ -68,57 +78,18 @@ def close(a, b, tol=1e-5):
 
 
 # ---------------------------------------------------------------- DISTLoss
-def autograd_dist(s,
-                  t,
-                  act='softmax',
-                  w=None,
-                  beta=1.,
-                  gamma=1.,
-                  tau=1.,
-                  eps=1e-8,
-                  floor=0.):
-    """The same formula, vectorised, float64, for autograd: per-norm eps
-    clamp, cosine of centred vectors, weighted column means and
-    (co)variances. ``vector_norm`` passes no gradient at a zero norm (a
-    plain ``sqrt`` would give 0 * inf there). ``floor`` bounds the
-    student's norm below by that fraction of the teacher's."""
-    s, t = s.double(), t.double()
-    if act == 'softmax':
-        ys, yt = torch.softmax(s / tau, 1), torch.softmax(t / tau, 1)
-    else:
-        ys, yt = torch.sigmoid(s / tau), torch.sigmoid(t / tau)
-    w = torch.ones(len(s), dtype=torch.float64) if w is None else w.double()
-
-    def pearson(a, b, wt, dim):
-        ua = a - (wt * a).sum(dim, keepdim=True) / wt.sum(dim, keepdim=True)
-        ub = b - (wt * b).sum(dim, keepdim=True) / wt.sum(dim, keepdim=True)
-        root = wt.sqrt()
-        na = torch.linalg.vector_norm(root * ua, dim=dim)
-        nb = torch.linalg.vector_norm(root * ub, dim=dim)
-        na = torch.maximum(na, (floor * nb).clamp_min(eps))
-        return (wt * ua * ub).sum(dim) / (na * nb.clamp_min(eps))
-
-    inter = (w * (1 - pearson(ys, yt, torch.ones_like(ys), 1))).sum() / w.sum()
-    intra = (1 - pearson(ys, yt, w[:, None].expand_as(ys), 0)).mean()
-    return tau**2 * (beta * inter + gamma * intra)
+def spec(s, t, w=None, activation='softmax', floor=None, **kwargs):
+    """The specification with DISTLoss's arguments and default floor."""
+    floor = DEFAULT_FLOORS[activation] if floor is None else floor
+    return dist_spec_loss(s, t, w, activation, floor=floor, **kwargs)
 
 
 def grads(s, t, w=None, **kwargs):
-    """(mmdist gradient, float64 autograd gradient of the same formula)."""
+    """(mmdist gradient, float64 gradient of the specification)."""
     s = s.detach().requires_grad_()
     DISTLoss(**kwargs)(s, t, weight=w).backward()
     s64 = s.detach().double().requires_grad_()
-    autograd_dist(
-        s64,
-        t,
-        kwargs.get('activation', 'softmax'),
-        w,
-        kwargs.get('beta', 1.),
-        kwargs.get('gamma', 1.),
-        kwargs.get('tau', 1.),
-        floor=kwargs.get('floor',
-                         DEFAULT_FLOORS[kwargs.get('activation',
-                                                   'softmax')])).backward()
+    spec(s64, t, w, **kwargs).backward()
     return s.grad, s64.grad
 
 
@@ -126,24 +97,39 @@ def rel_err(a, b):
     return float((a.double() - b).norm() / b.norm())
 
 
-@pytest.fixture(params=['cpu', 'gpu'])
+PATHS = ('fused', 'cpu', 'gpu')
+
+
+@contextlib.contextmanager
+def on_path(name):
+    """DISTLoss's one-pass path (``'fused'``), or its streamed path under
+    the ``'cpu'`` or ``'gpu'`` block policy (see mmdist.losses.blocks)."""
+    if name == 'fused':
+        with force_path('fused'):
+            yield
+        return
+    with force_path('streamed'), force_block_policy(name):
+        yield
+
+
+@pytest.fixture(params=PATHS)
 def policy(request):
-    """Run a test under both block policies (see mmdist.losses.blocks)."""
-    with force_block_policy(request.param):
+    """Run a test on each path of DISTLoss."""
+    with on_path(request.param):
         yield request.param
 
 
 def test_dist_2d_softmax_matches_formula():
     torch.manual_seed(0)
     s, t = torch.randn(16, 10), torch.randn(16, 10) * 3
-    assert close(DISTLoss()(s, t), plain_dist(s, t))
+    assert close(DISTLoss()(s, t), loop_dist(s, t))
 
 
 def test_dist_classification_tau4_beta_gamma2():
     torch.manual_seed(1)
     s, t = torch.randn(32, 100), torch.randn(32, 100) * 2
     loss = DISTLoss(beta=2, gamma=2, tau=4)(s, t)
-    assert close(loss, plain_dist(s, t, beta=2, gamma=2, tau=4))
+    assert close(loss, loop_dist(s, t, beta=2, gamma=2, tau=4))
 
 
 def test_dist_segmentation_4d_equals_pixel_matrix():
@@ -153,14 +139,14 @@ def test_dist_segmentation_4d_equals_pixel_matrix():
     matrix_t = t.permute(0, 2, 3, 1).reshape(-1, 19)
     loss = DISTLoss()(s, t)
     assert close(loss, DISTLoss()(matrix_s, matrix_t))
-    assert close(loss, plain_dist(matrix_s, matrix_t))
+    assert close(loss, loop_dist(matrix_s, matrix_t))
 
 
 def test_dist_sigmoid_matches_formula():
     torch.manual_seed(3)
     s, t = torch.randn(20, 8), torch.randn(20, 8)
     loss = DISTLoss(activation='sigmoid')(s, t)
-    assert close(loss, plain_dist(s, t, act='sigmoid'))
+    assert close(loss, loop_dist(s, t, act='sigmoid'))
 
 
 def test_dist_dense_num_classes_layout():
@@ -169,12 +155,12 @@ def test_dist_dense_num_classes_layout():
     s = torch.randn(2, anchors * classes, 4, 3)
     t = torch.randn(2, anchors * classes, 4, 3)
     loss = DISTLoss(activation='sigmoid', num_classes=classes)(s, t)
-    ref = plain_dist(
+    ref = loop_dist(
         dense_rows(s, classes), dense_rows(t, classes), act='sigmoid')
     assert close(loss, ref)
     # The authors' layout: all A*C channels of a position form one row.
     loss_k = DISTLoss(activation='sigmoid')(s, t)
-    ref_k = plain_dist(
+    ref_k = loop_dist(
         dense_rows(s, anchors * classes),
         dense_rows(t, anchors * classes),
         act='sigmoid')
@@ -187,10 +173,10 @@ def test_dist_weight_drops_rows_in_both_terms():
     s, t = torch.randn(12, 6), torch.randn(12, 6)
     w = torch.tensor([1., 0.] * 6)
     loss = DISTLoss()(s, t, weight=w)
-    assert close(loss, plain_dist(s[w > 0], t[w > 0]))
+    assert close(loss, loop_dist(s[w > 0], t[w > 0]))
     # Fractional weights follow the weighted formula.
     wf = torch.rand(12)
-    assert close(DISTLoss()(s, t, weight=wf), plain_dist(s, t, w=wf))
+    assert close(DISTLoss()(s, t, weight=wf), loop_dist(s, t, w=wf))
 
 
 def test_dist_weight_per_pixel_for_dense_anchors():
@@ -199,7 +185,7 @@ def test_dist_weight_per_pixel_for_dense_anchors():
     pixel_w = (torch.rand(2, 3, 3) > 0.4).float()
     loss = DISTLoss(num_classes=4)(s, t, weight=pixel_w)
     row_w = pixel_w.unsqueeze(1).expand(2, 2, 3, 3).reshape(-1)
-    ref = plain_dist(dense_rows(s, 4), dense_rows(t, 4), w=row_w)
+    ref = loop_dist(dense_rows(s, 4), dense_rows(t, 4), w=row_w)
     assert close(loss, ref)
 
 
@@ -230,7 +216,7 @@ def test_dist_gradient_matches_plain_autograd():
     t = torch.randn(10, 7)
     DISTLoss(tau=2)(s, t).backward()
     s64 = s.detach().double().requires_grad_()
-    plain_dist(s64, t, tau=2).backward()
+    loop_dist(s64, t, tau=2).backward()
     assert torch.allclose(s.grad.double(), s64.grad, rtol=1e-4, atol=1e-7)
 
 
@@ -247,7 +233,7 @@ def test_dist_half_inputs_computed_in_float32():
     t = torch.randn(16, 10).half()
     loss = DISTLoss()(s, t)
     assert loss.dtype == torch.float32
-    assert close(loss, plain_dist(s.float(), t.float()), tol=1e-4)
+    assert close(loss, loop_dist(s.float(), t.float()), tol=1e-4)
     loss.backward()
     assert s.grad.dtype == torch.float16 and torch.isfinite(s.grad).all()
 
@@ -322,7 +308,7 @@ def test_dist_low_precision_matches_upcast_autograd(dtype, tol, act, policy):
     loss = DISTLoss(activation=act, beta=2., gamma=2.)(s, t)
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     s64 = s.detach().double().requires_grad_()
-    ref = autograd_dist(s64, t, act, beta=2., gamma=2.)
+    ref = spec(s64, t, activation=act, beta=2., gamma=2.)
     assert close(loss, ref, tol=1e-5)
     loss.backward()
     ref.backward()
@@ -425,3 +411,66 @@ def test_dist_second_backward_with_retained_graph_matches():
     first = first.clone()
     second, = torch.autograd.grad(loss, s)
     assert torch.allclose(first, second, atol=1e-7)
+
+
+# ------------------------------------------------------- the specification
+@pytest.mark.parametrize('act', ['softmax', 'sigmoid'])
+@pytest.mark.parametrize('weighted', [False, True])
+@pytest.mark.parametrize('floor', [0., 0.3])
+def test_specification_equals_the_loop(act, weighted, floor):
+    # floor 0.3 holds some student rows and columns (spread 0.5x the
+    # teacher's logits) at it.
+    gen = torch.Generator().manual_seed(19)
+    s = 0.5 * torch.randn(12, 7, generator=gen)
+    s[:3] *= 1e-3
+    t = 2 * torch.randn(12, 7, generator=gen)
+    w = torch.rand(12, generator=gen) if weighted else None
+    kwargs = dict(beta=1.5, gamma=0.5, tau=2.)
+    got = dist_spec_loss(s.double(), t.double(), w, act, floor=floor, **kwargs)
+    ref = loop_dist(s, t, act=act, w=w, floor=floor, **kwargs)
+    assert close(got, ref, tol=1e-12)
+
+
+@pytest.mark.parametrize('act', ['softmax', 'sigmoid'])
+@pytest.mark.parametrize('weighted', [False, True])
+@pytest.mark.parametrize('floor', [0., None])
+def test_every_path_equals_the_specification(act, weighted, floor, policy):
+    # Dense anchor-major logits: 3 anchors x 5 classes, per-pixel weights
+    # with zeros; with the floor 18 rows near constant, held at it (the
+    # paper's form, floor 0, has no float32 value there).
+    gen = torch.Generator().manual_seed(20)
+    s = torch.randn(2, 15, 4, 6, generator=gen)
+    if floor is None:
+        s[0, :, 0] *= 1e-4
+    t = 2 * torch.randn(2, 15, 4, 6, generator=gen)
+    w = (torch.rand(2, 4, 6, generator=gen) > 0.3).float() * torch.rand(
+        2, 4, 6, generator=gen) if weighted else None
+    kwargs = dict(activation=act, num_classes=5, floor=floor, beta=2., tau=2.)
+    student = s.clone().requires_grad_()
+    loss = DISTLoss(**kwargs)(student, t, weight=w)
+    loss.backward()
+    s64 = s.double().requires_grad_()
+    ref = spec(s64, t.double(), w, **kwargs)
+    ref.backward()
+    assert close(loss, ref)
+    assert rel_err(student.grad, s64.grad) < 1e-3
+    # float64 inputs stay float64 on every path: the specification's value.
+    loss64 = DISTLoss(**kwargs)(s.double(), t.double(), weight=w)
+    assert close(loss64, ref, tol=1e-10)
+
+
+def test_dist_inside_autocast_computes_in_float32(policy):
+    # An AMP forward calls the loss under autocast; the loss's own ops must
+    # not drop to half precision (linalg.vecdot would on a CPU).
+    torch.manual_seed(21)
+    s, t = torch.randn(8, 50), 3 * torch.randn(8, 50)
+    results = []
+    for enabled in (False, True):
+        student = s.clone().requires_grad_()
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=enabled):
+            loss = DISTLoss(tau=4.)(student, t)
+        loss.backward()
+        results.append((loss.detach(), student.grad))
+    (loss, grad), (amp_loss, amp_grad) = results
+    assert amp_loss.dtype == torch.float32 and close(amp_loss, loss, 1e-6)
+    assert rel_err(amp_grad, grad.double()) < 1e-6

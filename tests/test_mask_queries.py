@@ -200,3 +200,81 @@ def test_mmdet_panoptic_mask2former_rows_correspond():
     assert s_rows.shape == (2 * 100, 134)
     assert float((s_rows - t_rows).abs().max()) <= 1e-5
     assert float(DISTLoss(activation='softmax')(s_rows, t_rows)) <= 1e-6
+
+
+# ------------------------------------------------------------ distiller
+def mask2former_distiller(cfg, same: bool, queries=None):
+    """A distiller on the small Mask2Former, its teacher the same config
+    (``same``: with the student's weights), short form on decode_head."""
+    from mmengine.registry import MODELS
+    teacher = copy.deepcopy(cfg)
+    teacher['_scope_'] = 'mmseg'
+    term = dict(head='decode_head', loss=dict(type='mmdist.DISTLoss'))
+    if queries is not None:
+        term['queries'] = queries
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        torch.manual_seed(0)
+        distiller = MODELS.build(
+            dict(
+                type='mmdist.Distiller',
+                student=copy.deepcopy(cfg),
+                teacher=teacher,
+                distill_terms=[term]))
+    distiller.student.init_weights()
+    if same:
+        distiller.teacher.load_state_dict(distiller.student.state_dict())
+    return distiller
+
+
+def test_distiller_short_form_and_isolation(cfg, batch):
+    """The short form gives a shared-query term; in a distiller step the
+    student's own losses are the stock model's, the term is 0 for a student
+    equal to its teacher, and both models decoded the group."""
+    from mmdist.distillers.queries import QueryDistillTerm
+    distiller = mask2former_distiller(cfg, same=True)
+    (term, ) = distiller.terms
+    assert isinstance(term, QueryDistillTerm)
+    assert isinstance(term.group, MaskQueryGroup)
+    assert term.loss.activation == 'softmax'
+    stock = build(cfg)
+    stock.load_state_dict(distiller.student.state_dict())
+    distiller.eval()  # BatchNorm and dropout as the teacher's
+    stock.eval()
+    data = distiller.data_preprocessor(copy.deepcopy(batch), True)
+    torch.manual_seed(1)
+    losses = distiller.loss(data['inputs'], data['data_samples'])
+    torch.manual_seed(1)
+    expected = stock.loss(data['inputs'], data['data_samples'])
+    assert term.group.decoded == dict(student=1, teacher=1)
+    assert float(losses['loss_dist']) <= 1e-6
+    own = {k: v for k, v in losses.items() if not k.startswith('loss_dist')}
+    own.pop('teacher_acc', None)
+    assert set(own) == set(expected)
+    for key, value in expected.items():
+        torch.testing.assert_close(own[key], value, rtol=1e-5, atol=1e-6)
+
+
+def test_mask_group_refuses_box_options(cfg):
+    with pytest.raises(ValueError, match=r"\['num_random'\] are for DETR"):
+        mask2former_distiller(cfg, same=False, queries=dict(num_random=10))
+
+
+@pytest.mark.heavy
+@pytest.mark.parametrize('kind', ['dist', 'kd'])
+def test_shipped_cityscapes_pair_steps_and_predicts(kind):
+    """The shipped Mask2Former Swin-L -> R50 pair (random weights,
+    offline): one training step with a finite, positive term, then
+    predict."""
+    from helpers import build as build_shipped
+    from helpers import load_offline, train_step
+    cfg = load_offline('mmseg/mask2former_swin-l-in22k_to_r50_8xb2-90k_'
+                       f'cityscapes-512x1024_{kind}.py')
+    cfg.model.student.data_preprocessor.size = (64, 128)
+    distiller = build_shipped(cfg)
+    log = train_step(distiller, seg_batch(), lr=1e-4)
+    assert torch.isfinite(log[f'loss_{kind}']) and log[f'loss_{kind}'] > 0
+    assert distiller.terms[0].group.decoded == dict(student=1, teacher=1)
+    distiller.eval()
+    with torch.no_grad():
+        outputs = distiller.test_step(seg_batch())
+    assert len(outputs) == 2 and 'pred_sem_seg' in outputs[0]

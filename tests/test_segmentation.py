@@ -33,7 +33,9 @@ def test_all_pairs_shipped():
             assert path.replace('_dist.py', '_kd.py') in SEG_CONFIGS
 
 
-@pytest.mark.parametrize('path', SEG_CONFIGS)
+# The Mask2Former pair (a Swin-L teacher) steps in test_mask_queries.py.
+@pytest.mark.parametrize(
+    'path', [p for p in SEG_CONFIGS if not p.startswith('mmseg/mask2former')])
 def test_config_takes_a_training_step(path):
     model = build(load_offline(path))
     log_vars = train_step(model, seg_batch())

@@ -76,8 +76,9 @@ def test_probe_leaves_the_models_and_the_rng_as_they_were(segformer):
     student.train()
     before = copy.deepcopy(student.state_dict())
     rng = torch.get_rng_state()
-    hooks = [len(m._forward_hooks) for m in (*student.modules(),
-                                             *teacher.modules())]
+    hooks = [
+        len(m._forward_hooks) for m in (*student.modules(), *teacher.modules())
+    ]
     terms = [dict(EXPLICIT, resize_teacher=True)]
     assert probe_term_shapes(terms, student, teacher, [False]) == []
     assert torch.equal(torch.get_rng_state(), rng)
@@ -87,8 +88,7 @@ def test_probe_leaves_the_models_and_the_rng_as_they_were(segformer):
     assert all(m.training for m in student.modules())
     assert not [n for n, m in teacher.named_modules() if m.training]
     assert hooks == [
-        len(m._forward_hooks)
-        for m in (*student.modules(), *teacher.modules())
+        len(m._forward_hooks) for m in (*student.modules(), *teacher.modules())
     ]
 
 

@@ -17,6 +17,10 @@ the terms' teacher paths:
   (:class:`RoIBoxForward`). For a cascade teacher the stage is the
   index in the teacher path (``roi_head.bbox_head.0.fc_cls`` -> first stage).
 
+- DETR-family heads (terms with ``queries``): the teacher's encoder and
+  its decoder over the shared distillation queries only
+  (:mod:`mmdist.distillers.queries`).
+
 Any mix of these runs on one ``extract_feat``.
 """
 import re
@@ -184,10 +188,15 @@ class TeacherPlan:
             ``extract_feat``).
         pairs (list[tuple[str, str]]): ``(teacher_path, student_path)`` of
             every term.
+        queries (list[QueryDistillTerm], optional): DETR-family terms,
+            whose group the teacher decodes after its encoder (see
+            :mod:`mmdist.distillers.queries`).
     """
 
-    def __init__(self, teacher: nn.Module,
-                 pairs: Sequence[Tuple[str, str]]) -> None:
+    def __init__(self,
+                 teacher: nn.Module,
+                 pairs: Sequence[Tuple[str, str]],
+                 queries: Optional[Sequence] = None) -> None:
         if not hasattr(teacher, 'extract_feat'):
             raise TypeError(f'teacher {type(teacher).__name__} has no '
                             'extract_feat(); cannot run its heads alone')
@@ -203,6 +212,9 @@ class TeacherPlan:
             else:
                 head_paths.append(teacher_path)
         self.heads = HeadsForward(teacher, head_paths)
+        # DETR-family terms: the encoder and the decoder over their shared
+        # distillation queries (mmdist.distillers.queries).
+        self.queries = list(queries or ())
         # Run the whole teacher after the student (the order of mmdist
         # <= 0.1); kept for benchmark comparisons, see Distiller.loss.
         self.student_first = False
@@ -211,10 +223,17 @@ class TeacherPlan:
         """Recorders the plan needs on the student (its sampled RoIs)."""
         return [forward.attach(student) for forward in self.roi_forwards]
 
-    def features(self, teacher: nn.Module, inputs: Tensor):
-        """``extract_feat`` and the distilled heads; returns the features."""
+    def features(self,
+                 teacher: nn.Module,
+                 inputs: Tensor,
+                 data_samples: Optional[list] = None):
+        """``extract_feat``, the distilled heads and the decoder over the
+        shared distillation queries; returns the features."""
         feats = teacher.extract_feat(inputs)
         self.heads(feats)
+        for term in self.queries:
+            if term.group is not None:  # None before the terms attach
+                term.group.teacher_step(teacher, feats, data_samples)
         return feats
 
     def rois(self, feats) -> None:
@@ -224,4 +243,4 @@ class TeacherPlan:
 
     def __call__(self, teacher: nn.Module, inputs: Tensor,
                  data_samples: Optional[list]) -> None:
-        self.rois(self.features(teacher, inputs))
+        self.rois(self.features(teacher, inputs, data_samples))

@@ -13,9 +13,12 @@ from torch import Tensor, nn
 
 from mmdist.registry import MODELS
 from .adapters import TeacherPlan
+from .class_map import ClassNames
+from .class_map import teacher_classes as find_teacher_classes
 from .expand import expand_terms
 from .fast_form import PRECISIONS, resolve_precision, to_float32
 from .pixels import InputRenormaliser
+from .queries import QueryDistillTerm, make_term
 from .recorder import Recorder
 from .teacher import build_frozen_teacher, make_fast_teacher
 from .teacher_check import TeacherCheck
@@ -86,6 +89,14 @@ class Distiller(BaseModel):
         data_preprocessor (dict, optional): The config's top-level
             preprocessor, handed over by the Runner; the student's when its
             own dict has none.
+        student_classes (list[str], optional): The student's class names;
+            the tools set them from the config's data
+            (:func:`~mmdist.distillers.class_map.fill_student_classes`).
+        teacher_classes (list[str], optional): The teacher's class names;
+            None reads them from its config's data, else its checkpoint's
+            ``meta.dataset_meta``. With both known, terms on heads that
+            predict other classes map the teacher's columns onto the
+            student's classes (see :mod:`~mmdist.distillers.class_map`).
         init_cfg (dict, optional): Unused; the student initialises itself.
     """
 
@@ -100,6 +111,8 @@ class Distiller(BaseModel):
                  teacher_check_iters: int = 50,
                  predict_with: str = 'student',
                  data_preprocessor: Optional[dict] = None,
+                 student_classes: Optional[Sequence[str]] = None,
+                 teacher_classes: Optional[Sequence[str]] = None,
                  init_cfg: Optional[dict] = None) -> None:
         teacher_precision = self._precision(teacher_precision,
                                             teacher_autocast)
@@ -138,13 +151,26 @@ class Distiller(BaseModel):
         if distill_terms is not None and not distill_terms:
             raise ValueError('Distiller needs at least one distill term '
                              '(or distill_terms=None: every class head)')
+        # Looked up when a term needs them (other classes, class_map).
+        self.class_names = ClassNames(
+            student_classes, teacher_classes
+            or (lambda: find_teacher_classes(teacher, frozen)))
         self.terms = nn.ModuleList([
-            DistillTerm(**term)
-            for term in expand_terms(distill_terms, self.student, frozen)
+            make_term(term) for term in expand_terms(
+                distill_terms,
+                self.student,
+                frozen,
+                class_names=self.class_names)
         ])
         self._dedupe_names()
+        # DETR-family terms decode shared distillation queries on both.
+        self.query_terms = [
+            t for t in self.terms if isinstance(t, QueryDistillTerm)
+        ]
         self.teacher_forward = TeacherPlan(
-            frozen, [(t.teacher_module, t.student_module) for t in self.terms])
+            frozen, [(t.teacher_module, t.student_module)
+                     for t in self.terms if t not in self.query_terms],
+            self.query_terms)
         # Before any recorder: folding replaces modules, and the form's
         # float32 casts must come first among a module's hooks.
         self.teacher_form = make_fast_teacher(
@@ -244,7 +270,8 @@ class Distiller(BaseModel):
         inputs = self.teacher_form.prepare(
             self.renormalise(inputs, data_samples))
         with self._teacher_mode(inputs.device):
-            return self.teacher_forward.features(self.teacher, inputs)
+            return self.teacher_forward.features(self.teacher, inputs,
+                                                 data_samples)
 
     def _run_teacher_rois(self, feats) -> None:
         """The teacher's box heads on the student's sampled RoIs."""
@@ -307,6 +334,9 @@ class Distiller(BaseModel):
                 losses = self._student_losses(inputs, data_samples)
                 self._run_teacher_rois(feats)
                 del feats
+            for term in self.query_terms:
+                # After the student's own step, on its encoding of it.
+                term.group.student_step(self.student)
             if self.training and self.teacher_check.active:
                 losses.update(self._check_teacher(data_samples))
             for term in self.terms:
@@ -353,13 +383,17 @@ class Distiller(BaseModel):
         with logits (a name without ``loss``: logged, never backpropagated).
         """
         for term in self.terms:
+            if term in self.query_terms:
+                continue  # rows are queries, not images or pixels
             records = term.teacher_outputs.records
             if records and isinstance(records[0], Tensor):
                 break
         else:
             return {}
         ignore = 255 if term.ignore_index is None else term.ignore_index
-        accuracy = self.teacher_check.update(records[0], data_samples, ignore)
+        # In the student's classes (a teacher from another data set).
+        accuracy = self.teacher_check.update(
+            term.map_teacher(records[0]), data_samples, ignore)
         if accuracy is None:
             return {}
         # Percent: the unit of the accuracies logged beside it (acc_seg).

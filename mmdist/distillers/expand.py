@@ -28,8 +28,9 @@ from torch import nn
 
 from mmdist.registry import MODELS
 from mmdist.utils import get_module
-from .families import (INSTEAD, SLOT_NAMES, SLOTS, HeadFamily, Slot, family_of,
-                       head_activation)
+from .class_map import ClassNames, map_term_classes
+from .families import (INSTEAD, QUERY_TERM, SLOT_NAMES, SLOTS, HeadFamily,
+                       Slot, family_of, head_activation)
 from .shape_probe import probe_term_shapes
 
 _LOSS_NAMES = {'DISTLoss': 'dist', 'KDLoss': 'kd'}
@@ -50,6 +51,7 @@ class LogitsSite:
         max_calls (int, optional): Calls per step that count.
         key (tuple): Where it sits: (head index, stage, logits index,
             level); pairs student and teacher sites.
+        head (str): Path of the head that owns it (its ``num_classes``).
     """
 
     path: str
@@ -60,9 +62,13 @@ class LogitsSite:
     suffix: str
     max_calls: Optional[int] = None
     key: Tuple = field(default_factory=tuple)
+    head: str = ''
 
 
-def refusal(model: nn.Module, path: str, owner: str) -> Optional[str]:
+def refusal(model: nn.Module,
+            path: str,
+            owner: str,
+            queries: bool = False) -> Optional[str]:
     """The error for a path that runs through a refused head, or None.
 
     Args:
@@ -81,6 +87,11 @@ def refusal(model: nn.Module, path: str, owner: str) -> Optional[str]:
         if module is None:
             return None
         family = family_of(module)
+        if family is not None and family.queries and not queries:
+            # A DETR-family head: only shared distillation queries pair rows.
+            return (f'{owner} {".".join(parts[:depth + 1])} is a '
+                    f'{type(module).__name__} ({family.name}): '
+                    f'{QUERY_TERM}; or {INSTEAD}.')
         if family is not None and family.refused:
             where = '.'.join(parts[:depth + 1])
             return (f'{owner} {where} is a {type(module).__name__} '
@@ -162,7 +173,8 @@ def _head_sites(model: nn.Module, head: nn.Module, path: str,
                         family.rows,
                         num_classes,
                         f'{suffix}_l{level}',
-                        key=(index, level)))
+                        key=(index, level),
+                        head=path))
         else:
             sites.append(
                 LogitsSite(
@@ -172,7 +184,8 @@ def _head_sites(model: nn.Module, head: nn.Module, path: str,
                     family.rows,
                     num_classes,
                     suffix,
-                    key=(index, None)))
+                    key=(index, None),
+                    head=path))
     return sites
 
 
@@ -274,15 +287,14 @@ def _check_rows(s: LogitsSite, t: LogitsSite, student: nn.Module,
             'their probabilities are not comparable; name the modules with '
             'student_module/teacher_module and choose the activation')
     if s.rows == 'anchor' and s.num_classes != t.num_classes:
-        raise ValueError(f'{where} predict {s.num_classes} and '
-                         f'{t.num_classes} classes per anchor')
+        return  # other classes: mapped (and anchors checked) by class_map
     out_s = _out_channels(_resolve(student, s.path))
     out_t = _out_channels(_resolve(teacher, t.path))
-    if out_s is not None and out_t is not None and out_s != out_t:
-        raise ValueError(
-            f'{where} give {out_s} and {out_t} channels per position: ' +
-            ('different anchors per position' if s.rows ==
-             'anchor' else 'different classes'))
+    if out_s is not None and out_t is not None and out_s != out_t and (
+            s.rows == 'anchor'):
+        # Pixel and instance rows with other classes: see class_map.
+        raise ValueError(f'{where} give {out_s} and {out_t} channels per '
+                         'position: different anchors per position')
 
 
 def _out_channels(module: Optional[nn.Module]) -> Optional[int]:
@@ -405,6 +417,8 @@ def _pair_stage(s_sites: List[LogitsSite],
                 name=name + s.suffix)
             if s.max_calls or t.max_calls:
                 entry['max_calls'] = s.max_calls or t.max_calls
+            if s.family.queries:
+                entry['queries'] = {}  # QueryDistillTerm's defaults
             entry.update(copy.deepcopy(options))
             terms.append(entry)
     return terms
@@ -482,7 +496,8 @@ def expand_terms(terms: Optional[Sequence[dict]],
                  teacher: nn.Module,
                  log: bool = True,
                  notes: Optional[List[str]] = None,
-                 probe: bool = True) -> List[dict]:
+                 probe: bool = True,
+                 class_names: Optional[ClassNames] = None) -> List[dict]:
     """All terms of a distiller as explicit term configs, logged, and
     their shapes checked by one probe forward of both models (see
     :mod:`~mmdist.distillers.shape_probe`).
@@ -498,6 +513,9 @@ def expand_terms(terms: Optional[Sequence[dict]],
         notes (list, optional): Receives what the short form left out and
             why, and what the probe set or could not check (one line each).
         probe (bool): Run the probe forward. Defaults to True.
+        class_names (ClassNames, optional): The two models' class names,
+            for terms whose heads predict other classes (see
+            :mod:`~mmdist.distillers.class_map`).
 
     Returns:
         list[dict]: :class:`~mmdist.distillers.DistillTerm` configs.
@@ -526,7 +544,8 @@ def expand_terms(terms: Optional[Sequence[dict]],
                                  f'{explicit[0]}; give both modules or use '
                                  'the short form head=...')
             for side, model in (('student', student), ('teacher', teacher)):
-                error = refusal(model, term[f'{side}_module'], side)
+                error = refusal(model, term[f'{side}_module'], side, 'queries'
+                                in term)
                 if error:
                     raise ValueError(error)
             explicit_terms = expand_explicit(term, student, teacher)
@@ -542,8 +561,14 @@ def expand_terms(terms: Optional[Sequence[dict]],
         out += expanded
         short += [True] * len(expanded)
         expanded_any = True
-    probe_notes = probe_term_shapes(out, student, teacher, short) if (
-        probe) else []
+    class_notes = map_term_classes(out, student, teacher, class_names)
+    for note in class_notes if log else ():
+        print_log(f'distill terms: {note}', logger='current')
+    if notes is not None:
+        notes += class_notes
+    expanded_any |= bool(class_notes)
+    probe_notes = probe_term_shapes(out, student, teacher,
+                                    short) if (probe) else []
     for note in probe_notes if log else ():
         print_log(f'distill terms: {note}', logger='current')
     if notes is not None:

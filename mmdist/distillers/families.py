@@ -10,7 +10,8 @@ Everything that needs to know about a head reads it:
   (:mod:`mmdist.distillers.adapters`: a cascade stage fed the previous
   stage's output);
 - the refusal of heads whose outputs do not correspond row by row (query
-  heads);
+  heads other than the DETR family, which is distilled through shared
+  distillation queries: :mod:`mmdist.distillers.queries`);
 - ``docs/en/user_guides/supported_models.md``
   (``.dev_scripts/supported_models.py``) and
   the family-by-family test (``tests/test_families.py``), which read
@@ -31,12 +32,31 @@ INSTEAD = ('feature mimicking on the neck: dict(student_module="neck", '
            'teacher_module="neck", loss=dict(type="mmdist.FeatureMSELoss")) '
            '(with a mmdist.ConvConnector when the channels differ)')
 
-_QUERY = ('its predictions are a set of learned queries matched to the '
-          'ground truth one to one (Hungarian matching) in each model '
-          'separately, so query i of the student and query i of the teacher '
-          'describe different objects or masks; in training the student also '
-          'adds ground-truth-dependent denoising queries. Rows of the two '
-          'logit matrices do not correspond')
+_MATCHED = ('in each model separately, so {item} i of the student and {item} '
+            'i of the teacher describe different {what}; rows of the two '
+            'logit matrices do not correspond')
+#: Why each query-based family that mmdist does not distil is refused.
+_SPARSE_RCNN = ('its predictions are a set of learned proposal boxes and '
+                'features, refined stage by stage and matched to the ground '
+                'truth one to one (Hungarian matching) ' +
+                _MATCHED.format(item='proposal', what='objects'))
+_KNET = ('its class maps are per pixel (one kernel per class, no matching), '
+         'but each stage\'s map is the first element of the tuple its '
+         'kernel update head returns, and the head returns every stage in '
+         'training and the last one in eval: mmdist has no module whose '
+         'output is that map alone (not implemented yet)')
+_SAN = ('its predictions are a set of learned mask proposals classified '
+        'against CLIP text embeddings and matched to the ground-truth masks '
+        'one to one (Hungarian matching) ' +
+        _MATCHED.format(item='proposal', what='masks'))
+#: What a DETR-family head needs to be distilled (an explicit term on it
+#: without ``queries``).
+QUERY_TERM = ('its predictions are a set of learned queries matched to the '
+              'ground truth one to one (Hungarian matching) ' +
+              _MATCHED.format(item='query', what='objects') +
+              '. It is distilled through shared distillation queries: use '
+              "the short form dict(head='<its slot>', loss=...) or add "
+              'queries=dict() to the term')
 
 
 @dataclass(frozen=True)
@@ -71,6 +91,9 @@ class HeadFamily:
             row by row; building a distiller that names it fails with it.
         skipped (str, optional): Why the short form leaves this head out (it
             predicts no classes); explicit terms may still name it.
+        queries (bool): A DETR-family head: distilled through shared
+            distillation queries (:mod:`mmdist.distillers.queries`), rows
+            ``'query'`` (one per image and distillation query).
         note (str): Remark for the docs.
     """
 
@@ -84,6 +107,7 @@ class HeadFamily:
     prev_output: bool = False
     refused: Optional[str] = None
     skipped: Optional[str] = None
+    queries: bool = False
     note: str = ''
 
 
@@ -150,17 +174,32 @@ HEAD_FAMILIES: Tuple[HeadFamily, ...] = (
         'Region proposals',
         ('RPNHead', 'StageCascadeRPNHead', 'CascadeRPNHead', 'GARPNHead'),
         skipped='objectness of proposals, not classes'),
-    # -- MMDetection: query heads (refused) -----------------------------------
+    # -- MMDetection: query heads --------------------------------------------
     HeadFamily(
-        'DETR family', ('DETRHead', ),
-        refused=_QUERY,
-        note='DETR, Deformable DETR, Conditional/DAB-DETR, DINO, DDQ'),
+        'DETR family', ('DETRHead', ), ('', ),
+        rows='query',
+        queries=True,
+        note='DETR, Deformable DETR, Conditional/DAB-DETR, DINO: the class '
+        'branch of the last decoder layer on shared distillation queries '
+        'that both decoders decode as a group of their own'),
+    HeadFamily(
+        'DDQ-DETR', ('DDQDETRHead', ),
+        refused='its decoder selects distinct queries with a cache of the '
+        'dense and sparse query split of its own step; shared distillation '
+        'queries are not implemented for it, and its matched queries ' +
+        _MATCHED.format(item='query', what='objects')),
     HeadFamily(
         'Sparse R-CNN / QueryInst',
         ('SparseRoIHead', 'EmbeddingRPNHead', 'DIIHead'),
-        refused=_QUERY),
+        refused=_SPARSE_RCNN),
     HeadFamily(
-        'MaskFormer / Mask2Former', ('MaskFormerHead', ), refused=_QUERY),
+        'MaskFormer / Mask2Former', ('MaskFormerHead', ), ('', ),
+        rows='query',
+        queries=True,
+        note='MMDet panoptic_head and MMSeg decode_head: the class logits '
+        '(classes and "no object") of the last decoder layer on the '
+        "teacher's learned queries, which the student's transformer decoder "
+        'decodes as a group of its own'),
     # -- MMDetection: two-stage -----------------------------------------------
     HeadFamily(
         'RoI head', ('StandardRoIHead', 'CascadeRoIHead'),
@@ -193,8 +232,8 @@ HEAD_FAMILIES: Tuple[HeadFamily, ...] = (
         'other points, so rows do not correspond. Its first stage '
         '(decode_head.0) is distilled'),
     HeadFamily(
-        'K-Net', ('IterativeDecodeHead', 'KernelUpdateHead'), refused=_QUERY),
-    HeadFamily('SAN', ('SideAdapterCLIPHead', ), refused=_QUERY),
+        'K-Net', ('IterativeDecodeHead', 'KernelUpdateHead'), refused=_KNET),
+    HeadFamily('SAN', ('SideAdapterCLIPHead', ), refused=_SAN),
     # -- MMPretrain -----------------------------------------------------------
     HeadFamily(
         'Linear', ('LinearClsHead', 'MultiLabelLinearClsHead'), ('fc', ),
@@ -421,19 +460,28 @@ ZOO: Tuple[ZooModel, ...] = (
         'dynamic_rcnn/dynamic-rcnn_r50_fpn_1x_coco.py',
         heavy=True),
     _det('HTC', 'htc/htc-without-semantic_r50_fpn_1x_coco.py', heavy=True),
-    # MMDetection, query-based (refused)
+    # MMDetection, query-based (the DETR family through shared queries)
     _det('DETR', 'detr/detr_r18_8xb2-500e_coco.py'),
     _det('Deformable DETR',
          'deformable_detr/deformable-detr_r50_16xb2-50e_coco.py'),
     _det('Conditional DETR',
          'conditional_detr/conditional-detr_r50_8xb2-50e_coco.py'),
     _det('DAB-DETR', 'dab_detr/dab-detr_r50_8xb2-50e_coco.py'),
-    _det('DINO', 'dino/dino-4scale_r50_8xb2-12e_coco.py'),
+    # Its two-stage top-k takes 900 encoder tokens: inputs of at least 208.
+    _det(
+        'DINO', 'dino/dino-4scale_r50_8xb2-12e_coco.py',
+        input_size=(256, 256)),
+    _det('DDQ-DETR', 'ddq/ddq-detr-4scale_r50_8xb2-12e_coco.py'),
     _det('Sparse R-CNN', 'sparse_rcnn/sparse-rcnn_r50_fpn_1x_coco.py'),
-    _det('Mask2Former (MMDet)',
-         'mask2former/mask2former_r50_8xb2-lsj-50e_coco-panoptic.py'),
-    _det('MaskFormer (MMDet)',
-         'maskformer/maskformer_r50_ms-16xb1-75e_coco.py'),
+    # Shared-query heads: a transformer decoder decoded twice per step.
+    _det(
+        'Mask2Former (MMDet)',
+        'mask2former/mask2former_r50_8xb2-lsj-50e_coco-panoptic.py',
+        heavy=True),
+    _det(
+        'MaskFormer (MMDet)',
+        'maskformer/maskformer_r50_ms-16xb1-75e_coco.py',
+        heavy=True),
     # MMSegmentation
     _seg('FCN', 'fcn/fcn_r18-d8_4xb2-80k_cityscapes-512x1024.py'),
     _seg('PSPNet', 'pspnet/pspnet_r18-d8_4xb2-80k_cityscapes-512x1024.py'),
@@ -489,10 +537,14 @@ ZOO: Tuple[ZooModel, ...] = (
         'ignored pixels',
         ignored_labels=False),
     _seg('K-Net', 'knet/knet-s3_r50-d8_fcn_8xb2-adamw-80k_ade20k-512x512.py'),
-    _seg('Mask2Former (MMSeg)',
-         'mask2former/mask2former_r50_8xb2-90k_cityscapes-512x1024.py'),
-    _seg('MaskFormer (MMSeg)',
-         'maskformer/maskformer_r50-d32_8xb2-160k_ade20k-512x512.py'),
+    _seg(
+        'Mask2Former (MMSeg)',
+        'mask2former/mask2former_r50_8xb2-90k_cityscapes-512x1024.py',
+        heavy=True),
+    _seg(
+        'MaskFormer (MMSeg)',
+        'maskformer/maskformer_r50-d32_8xb2-160k_ade20k-512x512.py',
+        heavy=True),
     # MMPretrain
     _cls('ResNet (Linear)', 'resnet/resnet18_8xb32_in1k.py'),
     _cls('MobileNetV3 (StackedLinear)',

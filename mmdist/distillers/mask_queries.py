@@ -23,6 +23,8 @@ from torch import Tensor, nn
 
 from mmdist.utils import get_module
 
+#: Term option ``queries`` for these heads (see :class:`MaskQueryGroup`).
+MASK_QUERY_DEFAULTS = dict(layers='last', fg_weight=False)
 #: The query modules of a MaskFormer-style head (those it has).
 QUERY_MODULES = ('query_feat', 'query_embed')
 
@@ -114,6 +116,19 @@ class MaskQueryRecords:
         self.active = False
         if self.capture is not None:
             self.capture.reset(False)
+
+
+def _with_input_shape(data_samples: list) -> list:
+    """The samples' metainfo with ``batch_input_shape``, which MMDet's
+    MaskFormer head reads; MMSeg's head sets it to ``img_shape`` in its own
+    ``loss`` and ``predict`` (the teacher's forward runs neither)."""
+    if all('batch_input_shape' in s.metainfo for s in data_samples):
+        return data_samples
+    return [
+        type(sample)(metainfo=dict(
+            sample.metainfo, batch_input_shape=sample.metainfo['img_shape']))
+        for sample in data_samples
+    ]
 
 
 @contextlib.contextmanager
@@ -210,7 +225,7 @@ class MaskQueryGroup:
         if data_samples is None:
             return  # a probe of the teacher's form: features only
         head = get_module(teacher, self.teacher_path, 'teacher')
-        scores, _ = head(feats, data_samples)
+        scores, _ = head(feats, _with_input_shape(data_samples))
         self.decoded['teacher'] += 1
         if self.teacher_records.active:
             self.teacher_records.records.extend(

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from mmdist.utils import get_module
 from .adapters import HeadsForward
+from .class_map import mapped_channels
 from .families import family_of
 
 # The first size a model runs on (64 suits FPNs, ResNets, MiT; 224 models
@@ -198,6 +199,9 @@ def _check(term: dict, short: bool, student: nn.Module, s_out: _Outputs,
         s_shape, t_shape = list(s.shape), list(t.shape)
         if term.get('connector') and len(s_shape) > 1:
             s_shape[1] = t_shape[1]  # the connector maps the channels
+        if term.get('teacher_columns') and len(t_shape) > 1:
+            # A teacher of another label set: its mapped class columns.
+            t_shape[1] = mapped_channels(term['teacher_columns'], t_shape[1])
         if s_shape == t_shape or (term.get('resize_teacher')
                                   and resizable(s_shape, t_shape)):
             continue

@@ -206,6 +206,10 @@ def load_teacher_checkpoint(model: nn.Module, checkpoint: str,
             f'teacher_ckpt {checkpoint!r} does not fit '
             f'{_teacher_name(teacher)}: {"; ".join(problems)}. {advice}.')
     _load_checkpoint_to_model(model, ckpt, strict=True, logger='current')
+    meta = ckpt.get('meta')
+    if isinstance(meta, dict) and isinstance(meta.get('dataset_meta'), dict):
+        # Its class names, for a student of another label set (class_map).
+        model.dataset_meta = meta['dataset_meta']
 
 
 def build_frozen_teacher(

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from mmdist.registry import MODELS
 from mmdist.utils import get_module
+from .class_map import ClassMapping
 from .connectors import check_connector_levels
 from .families import family_of
 from .recorder import Recorder
@@ -60,6 +61,13 @@ class DistillTerm(nn.Module):
             of each module in a step (a cascade stage that the segmentor
             calls again to feed the next stage: the first call is the one
             its own loss trains). Defaults to None (every call).
+        teacher_columns (dict, optional): The teacher's class columns for
+            the student's classes, as the expansion resolves a term's
+            ``class_map`` (a teacher trained on another label set):
+            ``dict(columns=[...], classes=80, background=False,
+            combine='max')``, see
+            :class:`~mmdist.distillers.class_map.ClassMapping`. Defaults to
+            None (the columns correspond as they are).
 
     A module that is itself a head listed in
     :mod:`mmdist.distillers.families` (``decode_head`` of Segmenter) is
@@ -75,7 +83,8 @@ class DistillTerm(nn.Module):
                  resize_teacher: bool = False,
                  ignore_index: Optional[int] = None,
                  connector: Optional[dict] = None,
-                 max_calls: Optional[int] = None) -> None:
+                 max_calls: Optional[int] = None,
+                 teacher_columns: Optional[dict] = None) -> None:
         super().__init__()
         if max_calls is not None and (not isinstance(max_calls, int)
                                       or max_calls < 1):
@@ -91,6 +100,17 @@ class DistillTerm(nn.Module):
         self.resize_teacher = resize_teacher
         self.ignore_index = ignore_index
         self.connector = MODELS.build(connector) if connector else None
+        self.class_mapping = None
+        if teacher_columns is not None:
+            activation = getattr(self.loss, 'activation', None)
+            if activation is None:
+                raise ValueError(
+                    f'distillation term {self.name!r}: teacher_columns maps '
+                    'class columns, but its loss '
+                    f'{type(self.loss).__name__} does not compare class '
+                    'scores (features, mimic); leave the mapping out')
+            self.class_mapping = ClassMapping.from_config(
+                teacher_columns, activation)
         self.student_outputs: Optional[Recorder] = None
         self.teacher_outputs: Optional[Recorder] = None
         # Counted per term: a healthy term must not reset a broken one's.
@@ -109,6 +129,13 @@ class DistillTerm(nn.Module):
             setattr(self, f'{side}_outputs', recorder)
             recorders.append(recorder)
         return recorders
+
+    def map_teacher(self, teacher: Tensor) -> Tensor:
+        """The teacher's columns of the student's classes (with
+        ``teacher_columns``), else ``teacher`` itself."""
+        if self.class_mapping is None:
+            return teacher
+        return self.class_mapping(teacher)
 
     def align_teacher(self, student: Tensor, teacher: Tensor) -> Tensor:
         """Return teacher logits shaped like the student's, or raise."""
@@ -233,7 +260,7 @@ class DistillTerm(nn.Module):
         parts: Dict[str, Tensor] = {}
         for level, (student, teacher) in enumerate(zip(students, teachers)):
             student = self.connect(student, level)
-            teacher = self.align_teacher(student, teacher)
+            teacher = self.align_teacher(student, self.map_teacher(teacher))
             weight = self.row_weight(student, data_samples)
             loss, level_parts = self.loss(
                 student, teacher, weight, return_parts=True)

@@ -6,10 +6,12 @@ right block size depends on the device:
 - ``'cpu'``: :data:`CPU_BLOCK_ELEMENTS` elements, small enough that a block
   and its temporaries stay in cache; a large input takes thousands of
   blocks, which costs nothing on a CPU.
-- ``'gpu'`` (CUDA and every other non-CPU device): blocks sized by a memory
-  budget, :data:`GPU_BLOCK_BYTES` per block-sized temporary (a handful are
-  alive at once). Every operation is a kernel launch there, so a whole FPN
-  level or a whole segmentation batch is one or two blocks.
+- ``'gpu'`` (CUDA and every other non-CPU device): every operation is a
+  kernel launch there, so an input up to :data:`GPU_ONE_PASS_BYTES` of
+  temporaries (every common one) is computed in one pass
+  (:func:`one_pass_elements`), and a larger one in blocks sized by
+  :data:`GPU_BLOCK_BYTES` per block-sized temporary (a handful are alive at
+  once).
 
 :func:`force_block_policy` overrides the choice, so tests can run the GPU
 policy on CPU tensors.
@@ -26,6 +28,12 @@ CPU_BLOCK_ELEMENTS = 1 << 17
 # common inputs (RetinaNet's P3 level, 2 x 19 x 512 x 1024 segmentation
 # logits, 403,200 x 80 dense rows) take two blocks each.
 GPU_BLOCK_BYTES = 64 << 20
+# The one-pass path (mmdist.losses.dist_fused) keeps three to four
+# logits-sized tensors alive: 1 GiB for four takes every common input
+# (RetinaNet's five levels, 403,200 x 80 dense rows, 2 x 19 x 512 x 1024
+# segmentation logits) in one pass, at half the published formulation's
+# peak memory.
+GPU_ONE_PASS_BYTES = 1 << 30
 POLICIES = ('cpu', 'gpu')
 
 _forced: Optional[str] = None
@@ -54,6 +62,25 @@ def block_elements(device: torch.device,
         return CPU_BLOCK_ELEMENTS
     itemsize = torch.empty((), dtype=dtype).element_size()
     return GPU_BLOCK_BYTES // itemsize
+
+
+def one_pass_elements(device: torch.device,
+                      dtype: torch.dtype = torch.float32) -> int:
+    """Most elements of one logits tensor that DISTLoss computes in one
+    pass (:mod:`mmdist.losses.dist_fused`) on ``device``; larger ones are
+    streamed in blocks.
+
+    Args:
+        device (torch.device): Device of the logits.
+        dtype (torch.dtype): Dtype the pass is computed in.
+
+    Returns:
+        int: One block of the CPU policy (cache-sized blocks are faster on
+        a CPU), else :data:`GPU_ONE_PASS_BYTES` over four temporaries.
+    """
+    if block_policy(device) == 'cpu':
+        return CPU_BLOCK_ELEMENTS
+    return GPU_ONE_PASS_BYTES // (4 * dtype.itemsize)
 
 
 @contextlib.contextmanager

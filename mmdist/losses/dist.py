@@ -28,9 +28,21 @@ The floor applies to each row (inter-class) and each column (intra-class),
 computed over the same rows as the term (the global batch with ``sync``),
 so both block policies and ``sync`` give the same value.
 
-The terms are computed by a streamed autograd function
-(:mod:`mmdist.losses.dist_stream`): about one logits-sized tensor of memory,
-float32 whatever the input dtype (float64 inputs stay float64).
+Its definition is :func:`mmdist.losses.dist_spec.dist_spec`, the published
+formulation in autograd code with the floor and the weights; the loss
+computes the same value and gradient by the fastest of two paths, chosen
+per call by size, both float32 whatever the input dtype (float64 inputs
+stay float64):
+
+- one pass (:mod:`mmdist.losses.dist_fused`) where the whole input fits the
+  device's one-pass budget (:func:`mmdist.losses.blocks.one_pass_elements`:
+  every common input on a GPU, one cache-sized block on a CPU): fewer
+  operations, hence kernel launches, than the published formulation, at
+  about half its peak memory;
+- streamed over blocks (:mod:`mmdist.losses.dist_stream`) where it does not,
+  and always with ``sync`` (with or without a process group, so that a
+  single process computes what the ranks do): about one logits-sized tensor
+  of memory.
 
 Row weights (``weight``): the inter-class term is the weighted mean over rows
 ``sum_i w_i (1 - rho_i) / sum_i w_i``; the intra-class term uses weighted
@@ -50,18 +62,23 @@ and its gradient is scaled so that DDP's averaging gives the global loss's
 gradient. Every rank must call the loss the same number of times per step.
 Without a process group (or with one process) it changes nothing.
 """
+import contextlib
 import warnings
-from typing import Dict, Optional, Tuple, Union
+from typing import Dict, Iterator, Optional, Tuple, Union
 
 from torch import Tensor, nn
 
 from mmdist.registry import MODELS
+from .blocks import one_pass_elements
+from .dist_fused import DISTFused, compute_dtype
 from .dist_stream import ACTIVATIONS, DISTTerms, sync_world_size
 from .rows import as_rows, check_number, check_pair, weight_as_rows
 
 # Per activation: sigmoid's own slope already damps the gradient, so its
 # floor is lower (measurements: docs/en/notes/benchmarks.md, Stable DIST).
 DEFAULT_FLOORS = {'softmax': 0.05, 'sigmoid': 0.001}
+PATHS = ('fused', 'streamed')
+_forced_path: Optional[str] = None
 
 
 def resolve_floor(caller: str, floor: Optional[float],
@@ -124,8 +141,45 @@ def dist_terms(student: Tensor,
         rows_w = weight_as_rows(weight, student.shape, rows_s, anchors)
         if bool((rows_w < 0).any()):
             raise ValueError('weight must be non-negative')
+    # With sync, every rank and a single process (no group) take the
+    # streamed function: the same numerics whatever the group.
+    if not sync and fits_one_pass(rows_s):
+        return DISTFused.apply(rows_s, rows_t, rows_w, activation, tau, eps,
+                               floor)
     return DISTTerms.apply(rows_s, rows_t, rows_w, activation, tau, eps,
                            sync_world_size(sync), floor)
+
+
+def fits_one_pass(rows: Tensor) -> bool:
+    """Whether :class:`DISTFused` computes ``(G, C, P)`` rows: some rows,
+    and all of them within the device's one-pass budget (unless
+    :func:`force_path` says otherwise)."""
+    if rows.numel() == 0:
+        return False
+    if _forced_path is not None:
+        return _forced_path == 'fused'
+    return rows.numel() <= one_pass_elements(rows.device,
+                                             compute_dtype(rows.dtype))
+
+
+@contextlib.contextmanager
+def force_path(path: str) -> Iterator[None]:
+    """Compute every :func:`dist_terms` call without ``sync`` inside the
+    ``with`` block by ``path``, whatever its size: ``'fused'`` (one pass) or
+    ``'streamed'`` (blocks of the block policy), so that tests hold both
+    paths to the specification.
+
+    Args:
+        path (str): ``'fused'`` or ``'streamed'``.
+    """
+    global _forced_path
+    if path not in PATHS:
+        raise ValueError(f'path must be one of {PATHS}, got {path!r}')
+    previous, _forced_path = _forced_path, path
+    try:
+        yield
+    finally:
+        _forced_path = previous
 
 
 @MODELS.register_module()

@@ -26,7 +26,17 @@ def model_config(cfg: Config) -> ConfigDict:
     if cfg.get('data_preprocessor') is not None:
         model.setdefault('data_preprocessor',
                          copy.deepcopy(cfg.data_preprocessor))
+    if is_distiller(model):
+        # The student's class names, from the config's data (class_map).
+        from mmdist.distillers.class_map import fill_student_classes
+        fill_student_classes(dict(model=model, **_data_keys(cfg)))
     return model
+
+
+def _data_keys(cfg: Config) -> dict:
+    keys = ('metainfo', 'default_scope', 'train_dataloader', 'val_dataloader',
+            'test_dataloader')
+    return {k: cfg.get(k) for k in keys if cfg.get(k) is not None}
 
 
 def build_model(cfg: Config) -> nn.Module:
@@ -83,7 +93,9 @@ def resolve_teacher_paths(cfg: Config, config_path: str) -> None:
     one in the working directory). The absolute path is what the Runner
     saves in the work dir's config copy, which therefore still resolves.
     A path found in neither place is left as it is: building the teacher
-    then fails with an error that names it.
+    then fails with an error that names it. The student's class names are
+    recorded too (``model.student_classes``, see
+    :func:`mmdist.distillers.class_map.fill_student_classes`).
 
     Args:
         cfg (Config): The loaded config.
@@ -103,3 +115,5 @@ def resolve_teacher_paths(cfg: Config, config_path: str) -> None:
             model[key] = osp.normpath(beside_config)
         elif osp.isfile(path):
             model[key] = osp.abspath(path)
+    from mmdist.distillers.class_map import fill_student_classes
+    fill_student_classes(cfg)

@@ -12,7 +12,10 @@ model config (the model is then both student and teacher and the short form
 would get if it were distilled from a teacher of its own family).
 
 The models are built with random weights and nothing is downloaded; the
-output is the ``distill_terms=[...]`` block to paste into a config and edit.
+output is the ``distill_terms=[...]`` block to paste into a config and edit,
+after comment lines saying what the short form left out and, for a teacher
+trained on another label set, which teacher classes each student class takes
+and which are dropped (see ``mmdist.distillers.class_map``).
 """
 import argparse
 import copy
@@ -22,10 +25,25 @@ from mmengine.registry import MODELS, DefaultScope
 
 import mmdist  # noqa: F401
 from mmdist.distillers import load_teacher_config
+from mmdist.distillers.class_map import (ClassNames, config_classes,
+                                         teacher_classes)
 from mmdist.distillers.expand import expand_terms, format_terms
 from mmdist.testing import strip_pretrained
 from mmdist.utils import build_model, is_distiller, student_config
 from mmdist.utils.build import resolve_teacher_paths
+
+
+def class_names(cfg: Config, teacher) -> ClassNames:
+    """The class names the distiller would see (its ``student_classes``
+    and ``teacher_classes``, else the configs' data and the teacher's
+    checkpoint meta)."""
+    if not is_distiller(cfg.model):
+        names = config_classes(cfg)
+        return ClassNames(names, names)
+    given = cfg.model.get('teacher_classes')
+    return ClassNames(
+        cfg.model.get('student_classes') or config_classes(cfg), given
+        or (lambda: teacher_classes(cfg.model.teacher, teacher)))
 
 
 def build_pair(cfg: Config):
@@ -70,7 +88,13 @@ def main() -> None:
             short['head'] = args.head
         terms = [short]
     notes = []
-    terms = expand_terms(terms, student, teacher, log=False, notes=notes)
+    terms = expand_terms(
+        terms,
+        student,
+        teacher,
+        log=False,
+        notes=notes,
+        class_names=class_names(cfg, teacher))
     for note in notes:
         print(f'# {note}')
     print(format_terms(terms))
