@@ -440,12 +440,25 @@ def test_the_paramwise_options_reach_the_optimizer():
     assert not any(id(p) in decay for p in model.teacher.parameters())
 
 
-@pytest.mark.parametrize('path', [p for p in ALL if p.startswith('mmseg/')])
+@pytest.mark.parametrize(
+    'path', [p for p in ALL if p.startswith('mmseg/') and '4xb2-80k' in p])
 def test_cityscapes_configs_keep_mmseg_recipe(path):
     """4xb2-80k: 2 images per GPU, 80k iterations, lr 0.01 (MMSeg's recipe,
     8 images per step on 4 GPUs)."""
     cfg = Config.fromfile(str(CONFIGS / path))
-    assert '4xb2-80k' in path
     assert cfg.train_dataloader.batch_size == 2
     assert cfg.train_cfg.max_iters == 80000
     assert cfg.optim_wrapper.optimizer.lr == 0.01
+
+
+@pytest.mark.parametrize('path',
+                         [p for p in ALL if p.startswith('mmseg/mask2former')])
+def test_mask2former_configs_keep_mmseg_recipe(path):
+    """8xb2-90k: 2 images per GPU, 90k iterations, AdamW lr 1e-4 (MMSeg's
+    Mask2Former recipe, 16 images per step on 8 GPUs)."""
+    cfg = Config.fromfile(str(CONFIGS / path))
+    assert '8xb2-90k' in path
+    assert cfg.train_dataloader.batch_size == 2
+    assert cfg.train_cfg.max_iters == 90000
+    assert cfg.optim_wrapper.optimizer.type == 'AdamW'
+    assert cfg.optim_wrapper.optimizer.lr == 1e-4

@@ -32,7 +32,8 @@ ALL = [
 ]
 DIST = [c for c in ALL if c.endswith('_dist.py')]
 # The VOC pair's teacher is the COCO RetinaNet pair's, checked quick.
-HEAVY = ('cascade-mask-rcnn', 'resnet152', 'segformer', 'voc0712')
+HEAVY = ('cascade-mask-rcnn', 'resnet152', 'segformer', 'voc0712', 'dino-',
+         'mask2former')
 
 
 def marked(paths):
@@ -66,7 +67,9 @@ def stock_model(cfg: Config, model: dict, tmp_path):
 
 def raw_batch(path: str, num_classes: int):
     if path.startswith('mmdet'):
-        return det_batch(num_classes=num_classes, size=(128, 160), batch=2)
+        # DINO's two-stage top-900 queries need 900 encoder tokens.
+        size = (256, 256) if 'dino-' in path else (128, 160)
+        return det_batch(num_classes=num_classes, size=size, batch=2)
     if path.startswith('mmseg'):
         return seg_batch(num_classes=num_classes, size=(64, 128))
     size = 32 if 'cifar' in path else 64
@@ -163,11 +166,13 @@ def check_pair(path: str,
         student_data = distiller.data_preprocessor(copy.deepcopy(batch))
         teacher_in = distiller.renormalise(student_data['inputs'],
                                            student_data['data_samples'])
+        # MMSeg's tensor mode calls a decode head without data samples,
+        # which MaskFormer-style heads need: their predictions instead.
+        mode = 'predict' if 'mask2former' in path else 'tensor'
         ours = distiller.teacher(
-            teacher_in, student_data['data_samples'], mode='tensor')
+            teacher_in, student_data['data_samples'], mode=mode)
         own = stock_teacher.data_preprocessor(copy.deepcopy(batch))
-        stock = stock_teacher(
-            own['inputs'], own['data_samples'], mode='tensor')
+        stock = stock_teacher(own['inputs'], own['data_samples'], mode=mode)
         if distiller.renormalise.needed:
             torch.testing.assert_close(
                 teacher_in, own['inputs'], atol=1e-4, rtol=1e-5)
