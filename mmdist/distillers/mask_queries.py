@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from mmdist.utils import get_module
+from .recorder import GroupRecords
 
 #: Term option ``queries`` for these heads (see :class:`MaskQueryGroup`).
 MASK_QUERY_DEFAULTS = dict(layers='last', fg_weight=False)
@@ -93,29 +94,6 @@ class _StudentCapture:
         self.active = active
         self.args = None
         self.pixels = None
-
-
-class MaskQueryRecords:
-    """Class logits of one side's shared group in a step (the interface of
-    :class:`~mmdist.distillers.recorder.Recorder`, filled by
-    :class:`MaskQueryGroup`)."""
-
-    def __init__(self, capture: Optional[_StudentCapture] = None) -> None:
-        self.records: List[Tensor] = []
-        self.active = False
-        self.capture = capture
-
-    def start(self) -> None:
-        self.records = []
-        self.active = True
-        if self.capture is not None:
-            self.capture.reset(True)
-
-    def stop(self) -> None:
-        self.records = []
-        self.active = False
-        if self.capture is not None:
-            self.capture.reset(False)
 
 
 def _with_input_shape(data_samples: list) -> list:
@@ -208,8 +186,8 @@ class MaskQueryGroup:
         self.fg_weight = fg_weight
         self.teacher_queries = t_queries
         self.capture = _StudentCapture(s_head)
-        self.student_records = MaskQueryRecords(self.capture)
-        self.teacher_records = MaskQueryRecords()
+        self.student_records = GroupRecords(self.capture)
+        self.teacher_records = GroupRecords()
         #: Groups decoded so far by each model (tests and logs read them).
         self.decoded = dict(student=0, teacher=0)
 

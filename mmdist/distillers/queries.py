@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from mmdist.utils import get_module
 from .families import family_of
 from .mask_queries import MASK_QUERY_DEFAULTS, MaskQueryGroup
+from .recorder import GroupRecords
 from .terms import DistillTerm
 
 #: Term option ``queries``: what each key means is in :class:`QueryGroup`.
@@ -222,30 +223,9 @@ class _DecoderCapture:
             self.inputs = kwargs
         return type(self.model).forward_decoder(self.model, **kwargs)
 
-
-class QueryRecords:
-    """Logits of one side's distillation group in a step (the interface of
-    :class:`~mmdist.distillers.recorder.Recorder`, filled by
-    :class:`QueryGroup` rather than by hooks)."""
-
-    def __init__(self, capture: Optional[_DecoderCapture] = None) -> None:
-        self.records: List[Tensor] = []
-        self.active = False
-        self.capture = capture
-
-    def start(self) -> None:
-        self.records = []
-        self.active = True
-        if self.capture is not None:
-            self.capture.active = True
-            self.capture.inputs = None
-
-    def stop(self) -> None:
-        self.active = False
-        self.records = []
-        if self.capture is not None:
-            self.capture.active = False
-            self.capture.inputs = None
+    def reset(self, active: bool) -> None:
+        self.active = active
+        self.inputs = None
 
 
 class QueryGroup:
@@ -329,8 +309,8 @@ class QueryGroup:
         if not isinstance(self.capture, _DecoderCapture):
             self.capture = _DecoderCapture(student)
             student.forward_decoder = self.capture
-        self.student_records = QueryRecords(self.capture)
-        self.teacher_records = QueryRecords()
+        self.student_records = GroupRecords(self.capture)
+        self.teacher_records = GroupRecords()
         self.points: Optional[Tensor] = None
         #: Groups decoded so far by each model (tests and logs read them).
         self.decoded = dict(student=0, teacher=0)
@@ -490,7 +470,7 @@ class QueryDistillTerm(DistillTerm):
         self._weights: List[Optional[Tensor]] = []
 
     def attach(self, student: nn.Module,
-               teacher: nn.Module) -> List[QueryRecords]:
+               teacher: nn.Module) -> List[GroupRecords]:
         """Build the group and its records (no hooks: the group fills
         them)."""
         for side, model, path in (('student', student, self.student_module),

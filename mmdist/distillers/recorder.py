@@ -83,3 +83,32 @@ class Recorder:
     def stop(self) -> None:
         self.active = False
         self.records = []
+
+
+class GroupRecords:
+    """What a group of shared queries gives in a step: the interface of
+    :class:`Recorder` (``records``, ``start``, ``stop``), filled by the group
+    rather than by hooks.
+
+    Args:
+        capture (object, optional): Keeps the student's inputs of the step
+            while recording is on; its ``reset(active)`` runs on start and
+            stop.
+    """
+
+    def __init__(self, capture=None) -> None:
+        self.records: List[Tensor] = []
+        self.active = False
+        self.capture = capture
+
+    def start(self) -> None:
+        self.records = []
+        self.active = True
+        if self.capture is not None:
+            self.capture.reset(True)
+
+    def stop(self) -> None:
+        self.records = []
+        self.active = False
+        if self.capture is not None:
+            self.capture.reset(False)
