@@ -329,7 +329,7 @@ def describe(term) -> dict:
         resize_teacher=term.resize_teacher,
         ignore_index=term.ignore_index,
         max_calls=term.max_calls,
-        queries=getattr(term, 'query_cfg', None),
+        queries=getattr(term, 'query_options', None),
         teacher_columns=None
         if term.class_mapping is None else term.class_mapping.to_config(),
         loss=(type(term.loss).__name__, settings(term.loss)),
