@@ -46,11 +46,11 @@ def _decoder_layers(head: nn.Module) -> int:
     return layers + int(hasattr(head, 'num_transformer_decoder_layers'))
 
 
-def pick_layers(head: nn.Module, layers, owner: str) -> List[int]:
-    """Indices into the head's list of class predictions.
+def pick_layers(count: int, layers, owner: str) -> List[int]:
+    """Indices of the predictions a shared-query term distils.
 
     Args:
-        head (nn.Module): A MaskFormer-style head.
+        count (int): Predictions the model's decoder gives.
         layers (str | int | list[int]): ``'last'``, ``'all'``, an index or
             a list of indices.
         owner (str): ``'student'`` or ``'teacher'``, for errors.
@@ -58,7 +58,6 @@ def pick_layers(head: nn.Module, layers, owner: str) -> List[int]:
     Returns:
         list[int]: Non-negative indices.
     """
-    count = _decoder_layers(head)
     if layers == 'last':
         return [count - 1]
     if layers == 'all':
@@ -67,7 +66,7 @@ def pick_layers(head: nn.Module, layers, owner: str) -> List[int]:
     for layer in picked:
         if not isinstance(layer, int) or not -count <= layer < count:
             raise ValueError(f'queries: layer {layer!r} is not one of the '
-                             f"{owner}'s {count} class predictions")
+                             f"{owner}'s {count} decoder predictions")
     return [layer % count for layer in picked]
 
 
@@ -175,8 +174,10 @@ class MaskQueryGroup:
                 f'{s_classes} classes per query (with "no object") and '
                 f'teacher {teacher_path} {t_classes}')
         self.student_path, self.teacher_path = student_path, teacher_path
-        self.student_layers = pick_layers(s_head, layers, 'student')
-        self.teacher_layers = pick_layers(t_head, layers, 'teacher')
+        self.student_layers = pick_layers(
+            _decoder_layers(s_head), layers, 'student')
+        self.teacher_layers = pick_layers(
+            _decoder_layers(t_head), layers, 'teacher')
         if len(self.student_layers) != len(self.teacher_layers):
             raise ValueError(
                 f'queries: layers={layers!r} gives '

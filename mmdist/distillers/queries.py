@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from mmdist.utils import get_module
 from .families import family_of
-from .mask_queries import MASK_QUERY_DEFAULTS, MaskQueryGroup
+from .mask_queries import MASK_QUERY_DEFAULTS, MaskQueryGroup, pick_layers
 from .recorder import GroupRecords
 from .terms import DistillTerm
 
@@ -296,8 +296,10 @@ class QueryGroup:
         self.num_random = num_random
         self.num_teacher = num_teacher
         self.fg_weight = fg_weight
-        self.student_layers = _layers(student, layers, 'student')
-        self.teacher_layers = _layers(teacher, layers, 'teacher')
+        self.student_layers = pick_layers(student.decoder.num_layers, layers,
+                                          'student')
+        self.teacher_layers = pick_layers(teacher.decoder.num_layers, layers,
+                                          'teacher')
         if len(self.student_layers) != len(self.teacher_layers):
             raise ValueError(
                 f'queries: layers={layers!r} gives '
@@ -426,22 +428,6 @@ def _cls_out(model: nn.Module) -> int:
     branch = head.cls_branches[0] if hasattr(head,
                                              'cls_branches') else head.fc_cls
     return branch.out_features
-
-
-def _layers(model: nn.Module, layers, owner: str) -> List[int]:
-    count = model.decoder.num_layers
-    if layers == 'last':
-        return [count - 1]
-    if layers == 'all':
-        return list(range(count))
-    picked = [layers] if isinstance(layers, int) else list(layers)
-    out = []
-    for layer in picked:
-        if not isinstance(layer, int) or not -count <= layer < count:
-            raise ValueError(f'queries: layer {layer!r} is not one of the '
-                             f"{owner}'s {count} decoder layers")
-        out.append(layer % count)
-    return out
 
 
 class QueryDistillTerm(DistillTerm):
