@@ -65,7 +65,15 @@ PAIRS = {
     # teacher, 100 queries (see build_pair); shared distillation queries.
     'dino-demo': ('configs/mmdet/dino-5scale_swin-l_to_dino-4scale_r50_'
                   '8xb2-12e_coco_dist.py', 'mmdet', 'det', 2),
+    # The same with the zoo's 900 detection queries, on 256x256 images
+    # (1,360 encoder tokens, enough for the two-stage top-900).
+    'dino-900': ('configs/mmdet/dino-5scale_swin-l_to_dino-4scale_r50_'
+                 '8xb2-12e_coco_dist.py', 'mmdet', 'det', 2),
 }
+# Image size (H, W) of the pairs whose batch is not the kind's default.
+PAIR_SIZES = {'dino-900': (256, 256)}
+# Detection queries of each DINO pair (the zoo: 900).
+DINO_QUERIES = {'dino-demo': 100, 'dino-900': 900}
 
 # Every shipped teacher: (a config distilling from it, scope, batch kind,
 # input height and width). One image; detection at the issue's 384x640.
@@ -140,9 +148,13 @@ def median_time(fn, runs: int) -> float:
     return statistics.median(times)
 
 
-def build_pair(path: str, scope: str, precision: str = 'float32'):
+def build_pair(path: str,
+               scope: str,
+               precision: str = 'float32',
+               queries: int = 100):
     """The pair's distiller, offline (random weights, seed 0), with the
-    teacher in ``precision``."""
+    teacher in ``precision`` (and ``queries`` detection queries on a DINO
+    pair)."""
     cfg = Config.fromfile(path)
     cfg.model.teacher_precision = precision
     strip_pretrained(cfg.model)
@@ -155,14 +167,14 @@ def build_pair(path: str, scope: str, precision: str = 'float32'):
             head.num_classes = 5
         cfg.model.teacher.roi_head.mask_head.num_classes = 5
     if 'dino' in path:
-        # Demo size: an R50 teacher and 100 queries on both (128x128 images
-        # give 340 encoder tokens, enough for the two-stage top-k).
+        # Demo size: an R50 teacher and, by default, 100 queries on both
+        # (128x128 images give 340 encoder tokens, enough for a top-100).
         cfg.model.teacher = load_teacher_config(
             'mmdet::dino/dino-4scale_r50_8xb2-12e_coco.py')
         strip_pretrained(cfg.model.teacher)
         cfg.model.teacher_ckpt = None
         for model in (cfg.model.student, cfg.model.teacher):
-            model.num_queries = 100
+            model.num_queries = queries
     init_default_scope(scope)
     torch.manual_seed(0)
     return build_model(cfg)
@@ -237,15 +249,16 @@ def benchmark(name: str,
         pair.
     """
     path, scope, kind, images = PAIRS[name]
-    models = {'float32': build_pair(path, scope)}
+    queries = DINO_QUERIES.get(name, 100)
+    models = {'float32': build_pair(path, scope, queries=queries)}
     if fast:
-        models['fast'] = build_pair(path, scope, 'bf16')
+        models['fast'] = build_pair(path, scope, 'bf16', queries)
     model = models['float32']
     for each in models.values():
         each.train()
         if student_first:  # the order before the teacher went first
             each.teacher_forward.student_first = True
-    data = make_batch(kind, images or batch)
+    data = make_batch(kind, images or batch, PAIR_SIZES.get(name))
     student_optim = OptimWrapper(
         torch.optim.SGD(model.student.parameters(), lr=1e-4))
     optims = {

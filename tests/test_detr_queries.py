@@ -270,6 +270,83 @@ def test_fg_weight_and_row_count():
     torch.testing.assert_close(weight, 1 - teacher.softmax(-1)[:, -1])
 
 
+def test_teacher_of_another_label_set_is_mapped_by_name():
+    """A DINO teacher whose class columns are the student's in another
+    order, plus two classes the student lacks (scored far below the rest),
+    mapped by name: on the shared queries its mapped logits are the
+    student's (float64, eval mode) and DIST is 0."""
+    names = ['a', 'b', 'c', 'd', 'e']
+    teacher_names = ['x', 'c', 'a', 'e', 'y', 'b', 'd']
+    columns = [teacher_names.index(name) for name in names]
+    student_cfg = _model_cfg('DINO')
+    student_cfg['bbox_head']['num_classes'] = len(names)
+    teacher_cfg = copy.deepcopy(student_cfg)
+    teacher_cfg['bbox_head']['num_classes'] = len(teacher_names)
+    teacher_cfg['_scope_'] = 'mmdet'
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        torch.manual_seed(0)
+        distiller = MODELS.build(
+            dict(
+                type='mmdist.Distiller',
+                student=student_cfg,
+                teacher=teacher_cfg,
+                student_classes=names,
+                teacher_classes=teacher_names,
+                distill_terms=[
+                    dict(head='bbox_head', loss=dict(type='mmdist.DISTLoss'))
+                ],
+                teacher_check_iters=0))
+    student, teacher = distiller.student, distiller.teacher
+    student.init_weights()
+    own = teacher.state_dict()
+    state = {}
+    for key, value in student.state_dict().items():
+        if own[key].shape == value.shape:
+            state[key] = value
+        else:  # a class-indexed row: the student's, moved to its column
+            rows = torch.full_like(own[key], -30. if value.dim() == 1 else 0.)
+            rows[columns] = value
+            state[key] = rows
+    teacher.load_state_dict(state)
+    distiller = distiller.double().eval()
+    term = distiller.terms[0]
+    assert term.class_mapping is not None
+    data = _data(distiller, training=False)
+    inputs, samples = data['inputs'].double(), data['data_samples']
+    group = term.group
+    with torch.no_grad():
+        group.teacher_records.start()
+        group.teacher_step(teacher, teacher.extract_feat(inputs), samples)
+        teachers = list(group.teacher_records.records)
+        group.teacher_records.stop()
+    image, _ = encode(student, student.extract_feat(inputs), samples)
+    students = decode(student, detector_kind(student), image, group.points,
+                      group.student_layers)
+    assert teachers[0].shape[-1] == 7 and students[0].shape[-1] == 5
+    mapped = term.map_teacher(teachers[0])
+    assert (students[0] - mapped).abs().max() <= 1e-6
+    assert term.loss(students[0], mapped).abs() <= 1e-6
+
+
+def test_other_class_counts_without_names_are_refused():
+    """Class counts that differ and no names to map them: the refusal says
+    how to map (the configs' class names or a class_map)."""
+    student_cfg = _model_cfg('DINO')
+    teacher_cfg = copy.deepcopy(student_cfg)
+    teacher_cfg['bbox_head']['num_classes'] = 7
+    with DefaultScope.overwrite_default_scope('mmdet'), pytest.raises(
+            ValueError, match='class_map'):
+        MODELS.build(
+            dict(
+                type='mmdist.Distiller',
+                student=student_cfg,
+                teacher=teacher_cfg,
+                distill_terms=[
+                    dict(head='bbox_head', loss=dict(type='mmdist.DISTLoss'))
+                ],
+                teacher_check_iters=0))
+
+
 def test_explicit_term_without_queries_is_refused():
     student = _model_cfg('DETR')
     teacher = dict(copy.deepcopy(student), _scope_='mmdet')

@@ -26,6 +26,10 @@ from .recorder import GroupRecords
 
 #: Term option ``queries`` for these heads (see :class:`MaskQueryGroup`).
 MASK_QUERY_DEFAULTS = dict(layers='last', fg_weight=False)
+#: What a refusal of two class counts adds: how to map other label sets.
+CLASS_HINT = ('; a teacher of another label set needs its class names (the '
+              "configs' metainfo.classes, or the distiller's student_classes "
+              '/ teacher_classes) or a class_map on the term')
 #: The query modules of a MaskFormer-style head (those it has).
 QUERY_MODULES = ('query_feat', 'query_embed')
 
@@ -146,7 +150,8 @@ class MaskQueryGroup:
                  student_path: str,
                  teacher_path: str,
                  layers='last',
-                 fg_weight: bool = False) -> None:
+                 fg_weight: bool = False,
+                 mapped_classes: bool = False) -> None:
         s_head = get_module(student, student_path, 'student')
         t_head = get_module(teacher, teacher_path, 'teacher')
         s_queries, t_queries = _query_modules(s_head), _query_modules(t_head)
@@ -168,11 +173,11 @@ class MaskQueryGroup:
                     'cannot enter the student\'s decoder')
         s_classes = s_head.cls_embed.out_features
         t_classes = t_head.cls_embed.out_features
-        if s_classes != t_classes:
+        if s_classes != t_classes and not mapped_classes:
             raise ValueError(
                 f'shared queries: student {student_path} scores '
                 f'{s_classes} classes per query (with "no object") and '
-                f'teacher {teacher_path} {t_classes}')
+                f'teacher {teacher_path} {t_classes}{CLASS_HINT}')
         self.student_path, self.teacher_path = student_path, teacher_path
         self.student_layers = pick_layers(
             _decoder_layers(s_head), layers, 'student')

@@ -40,7 +40,8 @@ from torch import Tensor, nn
 
 from mmdist.utils import get_module
 from .families import family_of
-from .mask_queries import MASK_QUERY_DEFAULTS, MaskQueryGroup, pick_layers
+from .mask_queries import (CLASS_HINT, MASK_QUERY_DEFAULTS, MaskQueryGroup,
+                           pick_layers)
 from .recorder import GroupRecords
 from .terms import DistillTerm
 
@@ -256,7 +257,8 @@ class QueryGroup:
                  num_teacher: int = 100,
                  layers='last',
                  fg_weight: bool = True,
-                 seed: int = 0) -> None:
+                 seed: int = 0,
+                 mapped_classes: bool = False) -> None:
         self.student_kind = detector_kind(student)
         self.teacher_kind = detector_kind(teacher)
         box_kinds = {
@@ -278,10 +280,11 @@ class QueryGroup:
                 f'{teacher.embed_dims}')
         s_classes = _cls_out(student)
         t_classes = _cls_out(teacher)
-        if s_classes != t_classes:
+        if s_classes != t_classes and not mapped_classes:
             raise ValueError(
                 f'shared distillation queries: the student scores '
-                f'{s_classes} classes per query and the teacher {t_classes}')
+                f'{s_classes} classes per query and the teacher {t_classes}'
+                f'{CLASS_HINT}')
         for name, value in (('num_random', num_random), ('num_teacher',
                                                          num_teacher)):
             if not isinstance(value, int) or value < 0:
@@ -472,7 +475,11 @@ class QueryDistillTerm(DistillTerm):
         if _is_mask_head(get_module(student, self.student_module, 'student')):
             self.group = self._mask_group(student, teacher)
         else:
-            self.group = QueryGroup(student, teacher, **self.query_cfg)
+            self.group = QueryGroup(
+                student,
+                teacher,
+                mapped_classes=self.class_mapping is not None,
+                **self.query_cfg)
         self.student_outputs = self.group.student_records
         self.teacher_outputs = self.group.teacher_records
         return [self.student_outputs, self.teacher_outputs]
@@ -490,14 +497,21 @@ class QueryDistillTerm(DistillTerm):
                 "shares the teacher's learned queries and takes "
                 f'{sorted(MASK_QUERY_DEFAULTS)}')
         self.query_cfg = {**MASK_QUERY_DEFAULTS, **self.query_options}
-        return MaskQueryGroup(student, teacher, self.student_module,
-                              self.teacher_module, **self.query_cfg)
+        return MaskQueryGroup(
+            student,
+            teacher,
+            self.student_module,
+            self.teacher_module,
+            mapped_classes=self.class_mapping is not None,
+            **self.query_cfg)
 
     def levels(self) -> Tuple[List[Tensor], List[Tensor]]:
         students, teachers = super().levels()
         activation = getattr(self.loss, 'activation', 'sigmoid')
+        # On the student's classes (a mapped teacher: its mapped columns).
         self._weights = [
-            self.group.row_weight(t, activation) for t in teachers
+            self.group.row_weight(self.map_teacher(t), activation)
+            for t in teachers
         ]
         return students, teachers
 
