@@ -3,21 +3,21 @@
 Demo-sized DINO detectors on the demo's detection data
 (``tools/misc/demo.py``: COCO-layout shapes, 5 classes, 128x128 images),
 built from MMDetection's ``dino-4scale_r50_8xb2-12e_coco.py`` with smaller
-parts: the teacher a ResNet-34 of base width 32 with 3 encoder and 3
-decoder layers, the student a ResNet-18 of base width 16 with 2 and 2;
-256 wide (DINO's decoder needs 256), feed-forward 512, 50 queries, 3
-levels (strides 16, 32, 64),
-from scratch. The teacher is trained alone with ``tools/train.py``; if it
-reaches ``--min-map``, the student is trained alone, with KD and with DIST
-on the shared queries (the short form ``dict(head='bbox_head', ...)``:
-the teacher's 50 proposals and 50 random boxes, last decoder layer) for
-each seed.
-Otherwise the teacher's validation curve is all there is to report.
+parts, from scratch: the teacher a ResNet-34 of base width 32 with 3
+encoder and 3 decoder layers, the student a ResNet-18 of base width 16
+with 2 and 2; both 256 wide (DINO's decoder needs 256), feed-forward 512,
+50 queries, 3 levels (strides 16, 32, 64). The teacher is trained alone
+with ``tools/train.py``; if it reaches ``--min-map``, the student is
+trained alone, with KD and with DIST on the shared queries (the short form
+``dict(head='bbox_head', ...)``: the teacher's 50 proposals and 50 random
+boxes, last decoder layer) for each seed. Otherwise the teacher's
+validation curve is all there is to report.
 
 Usage:
     python .dev_scripts/detr_demo_check.py [--work-dir work_dirs/detr_demo]
-        [--teacher-iters 3000] [--iters 600] [--images 400]
+        [--teacher-iters 1800] [--iters 400] [--images 400]
         [--seeds 0 1 2] [--min-map 0.3] [--teacher-only]
+        [--variants student kd dist]
 """
 import argparse
 import copy
@@ -161,12 +161,18 @@ def train(cfg: Config, work_dir: str) -> list:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--work-dir', default='work_dirs/detr_demo')
-    parser.add_argument('--teacher-iters', type=int, default=3000)
-    parser.add_argument('--iters', type=int, default=600)
+    parser.add_argument('--teacher-iters', type=int, default=1800)
+    parser.add_argument('--iters', type=int, default=400)
     parser.add_argument('--images', type=int, default=400)
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     parser.add_argument('--min-map', type=float, default=0.3)
     parser.add_argument('--teacher-only', action='store_true')
+    parser.add_argument(
+        '--variants',
+        nargs='+',
+        default=['student', 'kd', 'dist'],
+        choices=['student', 'kd', 'dist'],
+        help='the students to train (several processes can share a seed)')
     args = parser.parse_args()
     work = osp.abspath(args.work_dir)
     data_root, _ = _script('demo.py').make_data('det', osp.join(work, 'data'),
@@ -185,7 +191,8 @@ def main() -> None:
     results = {'teacher (alone)': [curve[-1][1]]}
     names = dict(student='student alone', kd='KD', dist='DIST')
     for seed in args.seeds:
-        for kind, name in names.items():
+        for kind in args.variants:
+            name = names[kind]
             run_dir = osp.join(work, f'{kind}_seed{seed}')
             cfg = variant(
                 base_config(data_root, run_dir, args.iters, seed), kind,
