@@ -142,6 +142,9 @@ class MaskQueryGroup:
         fg_weight (bool): Weight each row by the teacher's probability that
             the query is an object (1 - its "no object" probability).
             Defaults to False (every row counts, as DIST on a classifier).
+        mapped_classes (bool): The term maps the teacher's classes onto
+            the student's (a teacher of another label set), so the two
+            class counts may differ. Defaults to False.
     """
 
     def __init__(self,

@@ -248,6 +248,9 @@ class QueryGroup:
             score (its highest class probability; 1 - no-object for DETR),
             since most random boxes lie on background. Defaults to True.
         seed (int): Seed of the group's own random generator. Defaults to 0.
+        mapped_classes (bool): The term maps the teacher's classes onto
+            the student's (a teacher of another label set), so the two
+            class counts may differ. Defaults to False.
     """
 
     def __init__(self,
