@@ -23,7 +23,6 @@ import argparse
 import copy
 import importlib.util
 import os.path as osp
-import statistics
 
 from mmengine.config import Config
 
@@ -202,12 +201,7 @@ def main() -> None:
             print(f'seed {seed} {name}: bbox mAP {mAP:.3f}', flush=True)
 
     print(f'\nDemo DINO: student {args.iters} iterations, seeds {args.seeds}')
-    print('| model | bbox mAP per seed | mean +- std |')
-    print('| --- | --- | --- |')
-    for name, values in results.items():
-        spread = statistics.stdev(values) if len(values) > 1 else 0.
-        print(f'| {name} | {", ".join(f"{v:.3f}" for v in values)} | '
-              f'{statistics.mean(values):.3f} +- {spread:.3f} |')
+    _script('subset_det_check.py').print_table(results)
 
 
 if __name__ == '__main__':

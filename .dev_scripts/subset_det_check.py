@@ -67,6 +67,16 @@ def train(cfg: Config, work_dir: str) -> list:
             if 'coco/bbox_mAP' in s]
 
 
+def print_table(results: dict) -> None:
+    """Print bbox mAP per seed and mean +- std of each model as Markdown."""
+    print('| model | bbox mAP per seed | mean +- std |')
+    print('| --- | --- | --- |')
+    for name, values in results.items():
+        spread = statistics.stdev(values) if len(values) > 1 else 0.
+        print(f'| {name} | {", ".join(f"{v:.3f}" for v in values)} | '
+              f'{statistics.mean(values):.3f} +- {spread:.3f} |')
+
+
 def with_classes(cfg: Config, classes) -> Config:
     """``cfg`` (a student, alone or in a distiller) on ``classes`` only."""
     cfg = copy.deepcopy(cfg)
@@ -115,12 +125,7 @@ def main() -> None:
 
     print(f'\nDemo detector: teacher on 5 shapes, student on {args.subset}, '
           f'{args.iters} iterations, seeds {args.seeds}')
-    print('| model | bbox mAP per seed | mean +- std |')
-    print('| --- | --- | --- |')
-    for name, values in results.items():
-        spread = statistics.stdev(values) if len(values) > 1 else 0.
-        print(f'| {name} | {", ".join(f"{v:.3f}" for v in values)} | '
-              f'{statistics.mean(values):.3f} +- {spread:.3f} |')
+    print_table(results)
 
 
 if __name__ == '__main__':
