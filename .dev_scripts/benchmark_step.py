@@ -22,6 +22,12 @@ size), and prints the speed-ups. ``--compile`` measures ``torch.compile``
 on top of the fast form once (torchvision's ResNet-50, 1x3x224x224): the
 first call's time, eager / compiled and the break-even forward count.
 
+``--count`` counts instead of timing: the FLOPs and the dispatched ATen
+operators (about one kernel launch each on a GPU) of each part, and their
+ratios; deterministic, so one call says what a timing on a noisy machine
+cannot. ``--queries KEY=VALUE ...`` sets options of the DINO pairs' shared
+queries (group size, ``decode``).
+
 Timings are medians of ``--runs`` interleaved runs after a warm-up, in one
 process; the ratios are computed per run and printed as median and
 quartiles, so the spread of this machine's noise is visible beside them.
@@ -31,6 +37,8 @@ Usage:
         [--runs 10] [--fast]
     python .dev_scripts/benchmark_step.py --teachers [--runs 3]
     python .dev_scripts/benchmark_step.py --compile [--runs 5]
+    python .dev_scripts/benchmark_step.py --count --pairs dino-demo
+        [--queries num_random=50 num_teacher=50]
 """
 import argparse
 import statistics
@@ -40,6 +48,8 @@ import torch
 from mmengine.config import Config
 from mmengine.optim import OptimWrapper
 from mmengine.registry import init_default_scope
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
 
 import mmdist  # noqa: F401
 from mmdist.distillers import load_teacher_config
@@ -74,6 +84,8 @@ PAIRS = {
 PAIR_SIZES = {'dino-900': (256, 256)}
 # Detection queries of each DINO pair (the zoo: 900).
 DINO_QUERIES = {'dino-demo': 100, 'dino-900': 900}
+# Shared-query options of the DINO pairs (``--queries``; empty: defaults).
+QUERY_OPTIONS = {}
 
 # Every shipped teacher: (a config distilling from it, scope, batch kind,
 # input height and width). One image; detection at the issue's 384x640.
@@ -175,6 +187,10 @@ def build_pair(path: str,
         cfg.model.teacher_ckpt = None
         for model in (cfg.model.student, cfg.model.teacher):
             model.num_queries = queries
+        if QUERY_OPTIONS:
+            for term in cfg.model.distill_terms:
+                term['queries'] = dict(
+                    term.get('queries', {}), **QUERY_OPTIONS)
     init_default_scope(scope)
     torch.manual_seed(0)
     return build_model(cfg)
@@ -259,10 +275,13 @@ def benchmark(name: str,
         if student_first:  # the order before the teacher went first
             each.teacher_forward.student_first = True
     data = make_batch(kind, images or batch, PAIR_SIZES.get(name))
+    # lr 0: the update runs at full cost but the weights stay, so every
+    # run times the same model (a random DINO trained on one batch drifts
+    # to NaN within a few steps).
     student_optim = OptimWrapper(
-        torch.optim.SGD(model.student.parameters(), lr=1e-4))
+        torch.optim.SGD(model.student.parameters(), lr=0.))
     optims = {
-        key: OptimWrapper(torch.optim.SGD(each.parameters(), lr=1e-4))
+        key: OptimWrapper(torch.optim.SGD(each.parameters(), lr=0.))
         for key, each in models.items()
     }
 
@@ -342,6 +361,72 @@ def benchmark(name: str,
 
         result['teacher_full'] = median_time(teacher_full, runs)
     return result
+
+
+class _OpCount(TorchDispatchMode):
+    """Counts the ATen operators dispatched (on a GPU, about one kernel
+    launch each)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_pair(name: str, batch: int) -> dict:
+    """FLOPs and operator counts of one pair's parts (see ``--count``).
+
+    Deterministic, unlike the timings: FLOPs say what the extra work costs
+    where the arithmetic dominates, operator counts where launches do (a
+    GPU at small shapes). Counted on the second call of each part.
+
+    Returns:
+        dict: ``(flops, ops)`` per part (``student``, ``teacher_minimal``,
+        ``distill``).
+    """
+    path, scope, kind, images = PAIRS[name]
+    model = build_pair(path, scope, queries=DINO_QUERIES.get(name, 100))
+    model.train()
+    data = make_batch(kind, images or batch, PAIR_SIZES.get(name))
+    processed = model.data_preprocessor(data, True)
+    student_optim = OptimWrapper(
+        torch.optim.SGD(model.student.parameters(), lr=0.))
+    optim = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.))
+    parts = dict(
+        student=lambda: model.student.train_step(data, student_optim),
+        teacher_minimal=lambda: teacher_minimal_forward(
+            model, processed['inputs'], processed['data_samples'], name ==
+            'two-stage'),
+        distill=lambda: model.train_step(data, optim))
+    counts = {}
+    for key, part in parts.items():
+        part()  # warm-up (lazy buffers, first-call caches)
+        with FlopCounterMode(display=False) as flops, _OpCount() as ops:
+            part()
+        counts[key] = (flops.get_total_flops(), ops.count)
+    return counts
+
+
+def print_counts(pairs, batch: int) -> None:
+    """The table of :func:`count_pair` for ``pairs``."""
+    print('FLOPs and dispatched operators of each part, one call after a '
+          'warm-up; ratio = distill / (student + teacher minimal)')
+    print('| pair | student GFLOP | teacher minimal GFLOP | distill GFLOP '
+          '| FLOP ratio | student ops | teacher minimal ops | distill ops '
+          '| op ratio |')
+    print('| --- | --- | --- | --- | --- | --- | --- | --- | --- |')
+    for name in pairs:
+        c = count_pair(name, batch)
+        (sf, so), (tf, to), (df, do) = (
+            c[k] for k in ('student', 'teacher_minimal', 'distill'))
+        print(
+            f'| {name} | {sf / 1e9:.2f} | {tf / 1e9:.2f} | {df / 1e9:.2f} '
+            f'| {df / (sf + tf):.3f} | {so} | {to} | {do} '
+            f'| {do / (so + to):.3f} |',
+            flush=True)
 
 
 def print_teachers(runs: int) -> None:
@@ -428,7 +513,25 @@ def main() -> None:
         '--compile',
         action='store_true',
         help='measure torch.compile on top of the fast form once')
+    parser.add_argument(
+        '--count',
+        action='store_true',
+        help='count FLOPs and dispatched operators of each part instead of '
+        'timing them (deterministic; operators stand for GPU launches)')
+    parser.add_argument(
+        '--queries',
+        nargs='+',
+        default=[],
+        metavar='KEY=VALUE',
+        help='options of the DINO pairs\' shared queries, e.g. '
+        'num_random=50 num_teacher=50 (default: the term\'s defaults)')
     args = parser.parse_args()
+    for option in args.queries:
+        key, value = option.split('=', 1)
+        QUERY_OPTIONS[key] = int(value) if value.isdigit() else value
+    if args.count:
+        print_counts(args.pairs, args.batch)
+        return
     if args.compile:
         compile_check(args.runs)
         return

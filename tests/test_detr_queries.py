@@ -48,10 +48,14 @@ def _model_cfg(family: str) -> dict:
     return model
 
 
-def _distiller(family: str, same: bool, queries=None, teacher_cfg=None):
-    """A distiller whose teacher is the student's config; ``same``: with
-    the student's weights."""
-    student = _model_cfg(family)
+def _distiller(family: str,
+               same: bool,
+               queries=None,
+               teacher_cfg=None,
+               student_cfg=None):
+    """A distiller whose teacher is the student's config (unless
+    ``teacher_cfg``); ``same``: with the student's weights."""
+    student = student_cfg or _model_cfg(family)
     teacher = copy.deepcopy(teacher_cfg or student)
     teacher['_scope_'] = 'mmdet'
     term = dict(head='bbox_head', loss=dict(type='mmdist.DISTLoss'))
@@ -134,11 +138,12 @@ def test_equal_models_give_equal_logits_in_eval(family):
     assert grads and max(g.abs().max() for g in grads.values()) <= 1e-6
 
 
-def test_dino_training_step_equal_models():
+@pytest.mark.parametrize('decode', ['separate', 'appended'])
+def test_dino_training_step_equal_models(decode):
     """DINO in training mode (dropout 0 in its zoo config), its denoising
     queries present, through the distiller's own step (float32): both
     decode the shared group alike."""
-    distiller = _distiller('DINO', same=True)
+    distiller = _distiller('DINO', same=True, queries=dict(decode=decode))
     term = distiller.terms[0]
     seen = _spy(term)
     distiller.train()
@@ -147,6 +152,7 @@ def test_dino_training_step_equal_models():
     # The stock step had its denoising queries (their losses are there).
     assert 'dn_loss_cls' in losses
     assert term.group.decoded == dict(student=1, teacher=1)
+    assert term.group.student_decode == decode
     students, teachers = seen['students'], seen['teachers']
     assert (students[0] - teachers[0]).abs().max() <= 1e-5
     assert losses['loss_dist'].abs() <= 1e-6
@@ -191,12 +197,14 @@ def test_different_dab_detr_student_learns_through_the_group():
         _distiller('DAB-DETR', same=False, queries=dict(layers='all')))
 
 
-def test_isolation_dino(dino_pair):
+@pytest.mark.parametrize('decode', ['separate', 'appended'])
+def test_isolation_dino(dino_pair, decode):
     """The student's own losses and predictions are the stock model's; both
     models decoded the group in that step, and the teacher ran no detection
     query (its head's forward, loss and predict never ran)."""
     distiller = dino_pair
     group = distiller.terms[0].group
+    group.decode = decode
     with DefaultScope.overwrite_default_scope('mmdet'):
         stock = MODELS.build(_model_cfg('DINO'))
     stock.load_state_dict(distiller.student.state_dict())
@@ -220,15 +228,13 @@ def test_isolation_dino(dino_pair):
     expected = stock.loss(data['inputs'], data['data_samples'])
     assert group.decoded == dict(
         student=before['student'] + 1, teacher=before['teacher'] + 1)
+    group.decode = 'separate'
+    assert group.student_decode == decode
     assert calls == []
     for name in ('forward', 'loss', 'predict'):
         del head.__dict__[name]
     assert losses['loss_dist'] > 0
-    own = {k: v for k, v in losses.items() if not k.startswith('loss_dist')}
-    assert set(own) == set(expected)
-    for key, value in expected.items():
-        torch.testing.assert_close(
-            own[key], value, rtol=1e-5, atol=1e-6, msg=key)
+    _assert_stock_losses(losses, expected)
     distiller.eval()
     stock.eval()
     data = _data(distiller, training=False)
@@ -242,6 +248,46 @@ def test_isolation_dino(dino_pair):
                 b.pred_instances[key].float(),
                 rtol=1e-5,
                 atol=1e-5)
+
+
+def _assert_stock_losses(losses: dict, expected: dict) -> None:
+    """The distiller's losses less its own are the stock model's."""
+    own = {k: v for k, v in losses.items() if not k.startswith('loss_dist')}
+    assert set(own) == set(expected)
+    for key, value in expected.items():
+        torch.testing.assert_close(
+            own[key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_dino_with_dropout_keeps_its_own_step():
+    """A DINO decoder with active dropout: the group, decoded in a call of
+    its own under a forked RNG, leaves the student's losses the stock
+    model's; decode='appended' is refused (a longer joint call would draw
+    other dropout masks for the detection queries)."""
+    student = _model_cfg('DINO')
+    layer = student['decoder']['layer_cfg']
+    layer['self_attn_cfg']['dropout'] = 0.1
+    layer['ffn_cfg']['ffn_drop'] = 0.1
+    distiller = _distiller(
+        'DINO', same=False, student_cfg=copy.deepcopy(student))
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        stock = MODELS.build(copy.deepcopy(student))
+    stock.load_state_dict(distiller.student.state_dict())
+    distiller.train()
+    stock.train()
+    data = _data(distiller)
+    torch.manual_seed(1)
+    losses = distiller(**data, mode='loss')
+    torch.manual_seed(1)
+    expected = stock.loss(data['inputs'], data['data_samples'])
+    assert distiller.terms[0].group.student_decode == 'separate'
+    _assert_stock_losses(losses, expected)
+    with pytest.raises(ValueError, match=r'decoder\.layers\.0\..*drops'):
+        _distiller(
+            'DINO',
+            same=False,
+            student_cfg=copy.deepcopy(student),
+            queries=dict(decode='appended'))
 
 
 def test_class_logits_reads_each_layer(dino_pair):
