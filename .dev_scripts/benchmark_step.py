@@ -26,7 +26,7 @@ first call's time, eager / compiled and the break-even forward count.
 operators (about one kernel launch each on a GPU) of each part, and their
 ratios; deterministic, so one call says what a timing on a noisy machine
 cannot. ``--queries KEY=VALUE ...`` sets options of the DINO pairs' shared
-queries (group size, ``decode``).
+queries (``num_random``, ``num_teacher``, ``layers``).
 
 Timings are medians of ``--runs`` interleaved runs after a warm-up, in one
 process; the ratios are computed per run and printed as median and

@@ -138,12 +138,11 @@ def test_equal_models_give_equal_logits_in_eval(family):
     assert grads and max(g.abs().max() for g in grads.values()) <= 1e-6
 
 
-@pytest.mark.parametrize('decode', ['separate', 'appended'])
-def test_dino_training_step_equal_models(decode):
+def test_dino_training_step_equal_models():
     """DINO in training mode (dropout 0 in its zoo config), its denoising
     queries present, through the distiller's own step (float32): both
     decode the shared group alike."""
-    distiller = _distiller('DINO', same=True, queries=dict(decode=decode))
+    distiller = _distiller('DINO', same=True)
     term = distiller.terms[0]
     seen = _spy(term)
     distiller.train()
@@ -152,7 +151,6 @@ def test_dino_training_step_equal_models(decode):
     # The stock step had its denoising queries (their losses are there).
     assert 'dn_loss_cls' in losses
     assert term.group.decoded == dict(student=1, teacher=1)
-    assert term.group.student_decode == decode
     students, teachers = seen['students'], seen['teachers']
     assert (students[0] - teachers[0]).abs().max() <= 1e-5
     assert losses['loss_dist'].abs() <= 1e-6
@@ -197,14 +195,12 @@ def test_different_dab_detr_student_learns_through_the_group():
         _distiller('DAB-DETR', same=False, queries=dict(layers='all')))
 
 
-@pytest.mark.parametrize('decode', ['separate', 'appended'])
-def test_isolation_dino(dino_pair, decode):
+def test_isolation_dino(dino_pair):
     """The student's own losses and predictions are the stock model's; both
     models decoded the group in that step, and the teacher ran no detection
     query (its head's forward, loss and predict never ran)."""
     distiller = dino_pair
     group = distiller.terms[0].group
-    group.decode = decode
     with DefaultScope.overwrite_default_scope('mmdet'):
         stock = MODELS.build(_model_cfg('DINO'))
     stock.load_state_dict(distiller.student.state_dict())
@@ -228,8 +224,6 @@ def test_isolation_dino(dino_pair, decode):
     expected = stock.loss(data['inputs'], data['data_samples'])
     assert group.decoded == dict(
         student=before['student'] + 1, teacher=before['teacher'] + 1)
-    group.decode = 'separate'
-    assert group.student_decode == decode
     assert calls == []
     for name in ('forward', 'loss', 'predict'):
         del head.__dict__[name]
@@ -260,10 +254,9 @@ def _assert_stock_losses(losses: dict, expected: dict) -> None:
 
 
 def test_dino_with_dropout_keeps_its_own_step():
-    """A DINO decoder with active dropout: the group, decoded in a call of
-    its own under a forked RNG, leaves the student's losses the stock
-    model's; decode='appended' is refused (a longer joint call would draw
-    other dropout masks for the detection queries)."""
+    """A DINO decoder with active dropout: the group's decode (dropout too)
+    runs under a forked RNG, so the student's losses of this step and of
+    the next (their dropout and denoising draws) are the stock model's."""
     student = _model_cfg('DINO')
     layer = student['decoder']['layer_cfg']
     layer['self_attn_cfg']['dropout'] = 0.1
@@ -277,17 +270,14 @@ def test_dino_with_dropout_keeps_its_own_step():
     stock.train()
     data = _data(distiller)
     torch.manual_seed(1)
-    losses = distiller(**data, mode='loss')
+    steps = [distiller(**data, mode='loss') for _ in range(2)]
     torch.manual_seed(1)
-    expected = stock.loss(data['inputs'], data['data_samples'])
-    assert distiller.terms[0].group.student_decode == 'separate'
-    _assert_stock_losses(losses, expected)
-    with pytest.raises(ValueError, match=r'decoder\.layers\.0\..*drops'):
-        _distiller(
-            'DINO',
-            same=False,
-            student_cfg=copy.deepcopy(student),
-            queries=dict(decode='appended'))
+    expected = [
+        stock.loss(data['inputs'], data['data_samples']) for _ in range(2)
+    ]
+    assert distiller.terms[0].group.decoded == dict(student=2, teacher=2)
+    for losses, stock_losses in zip(steps, expected):
+        _assert_stock_losses(losses, stock_losses)
 
 
 def test_class_logits_reads_each_layer(dino_pair):

@@ -4,19 +4,10 @@ Each DETR-family model matches its own learned queries to the ground truth,
 so query ``i`` of the student and query ``i`` of the teacher describe
 different objects. Here both models decode one more group of queries, the
 same for both (KD-DETR's *distillation points*): after each model's encoder,
-the group is decoded by that model's own decoder, isolated from the
-detection and denoising queries, and scored by the class branch of the
-chosen decoder layers. Rows are (image, query) and correspond by
-construction.
-
-How the student decodes the group (option ``decode``): by default in a
-separate call of its ``forward_decoder`` on the inputs of its own call
-(encoder memory and masks); with ``decode='appended'`` (DINO only) in its
-own decoder call, the group after its queries behind a self-attention mask
-that keeps the two sets apart both ways (DINO's decoder takes a mask
-already, for its denoising groups): one call instead of two, so about half
-the decoder's operator launches, for a longer masked self-attention. The
-teacher decodes the group alone either way.
+the group is decoded by a separate call of that model's own
+``forward_decoder`` (so it never enters the attention of the detection or
+denoising queries) and scored by the class branch of the chosen decoder
+layers. Rows are (image, query) and correspond by construction.
 
 The group is built from boxes ``(cx, cy, w, h)`` in ``[0, 1]``, the way each
 model turns its own reference boxes into decoder inputs (content
@@ -56,13 +47,7 @@ from .terms import DistillTerm
 
 #: Term option ``queries``: what each key means is in :class:`QueryGroup`.
 QUERY_DEFAULTS = dict(
-    num_random=100,
-    num_teacher=100,
-    layers='last',
-    fg_weight=True,
-    seed=0,
-    decode='separate')
-_DECODES = ('separate', 'appended')
+    num_random=100, num_teacher=100, layers='last', fg_weight=True, seed=0)
 _BOX_KINDS = ('dino', 'deformable', 'dab')
 _EMBED_KINDS = ('detr', 'conditional')
 # Keys of forward_decoder's inputs that describe the queries; the rest
@@ -233,39 +218,15 @@ class _DecoderCapture:
         self.model = model
         self.active = False
         self.inputs: Optional[Dict] = None
-        #: A group to decode in this call (see QueryGroup.decode_appended).
-        self.appended: Optional['QueryGroup'] = None
 
     def __call__(self, **kwargs):
-        if not self.active:
-            return type(self.model).forward_decoder(self.model, **kwargs)
-        self.inputs = kwargs
-        group, self.appended = self.appended, None
-        outputs = None
-        if group is not None:
-            outputs = group.decode_appended(self.model, kwargs)
-        if outputs is None:
-            outputs = type(self.model).forward_decoder(self.model, **kwargs)
-        return outputs
+        if self.active:
+            self.inputs = kwargs
+        return type(self.model).forward_decoder(self.model, **kwargs)
 
     def reset(self, active: bool) -> None:
         self.active = active
         self.inputs = None
-        self.appended = None
-
-
-def _dropout_module(module: nn.Module) -> Optional[str]:
-    """The name of the first dropout under ``module`` with p > 0."""
-    for name, child in module.named_modules():
-        if isinstance(child, nn.modules.dropout._DropoutNd):
-            rate = child.p
-        elif isinstance(child, nn.MultiheadAttention):
-            rate = child.dropout
-        else:  # mmcv's DropPath
-            rate = getattr(child, 'drop_prob', 0.)
-        if rate > 0:
-            return name
-    return None
 
 
 class QueryGroup:
@@ -287,10 +248,6 @@ class QueryGroup:
             score (its highest class probability; 1 - no-object for DETR),
             since most random boxes lie on background. Defaults to True.
         seed (int): Seed of the group's own random generator. Defaults to 0.
-        decode (str): How the student decodes the group: ``'separate'``
-            (a call of its own) or ``'appended'`` (DINO without decoder
-            dropout: in the student's own decoder call, behind a mask).
-            Defaults to ``'separate'``.
         mapped_classes (bool): The term maps the teacher's classes onto
             the student's (a teacher of another label set), so the two
             class counts may differ. Defaults to False.
@@ -304,7 +261,6 @@ class QueryGroup:
                  layers='last',
                  fg_weight: bool = True,
                  seed: int = 0,
-                 decode: str = 'separate',
                  mapped_classes: bool = False) -> None:
         self.student_kind = detector_kind(student)
         self.teacher_kind = detector_kind(teacher)
@@ -343,8 +299,6 @@ class QueryGroup:
             raise ValueError(
                 f'queries: num_teacher={num_teacher} is more than the '
                 f'teacher\'s {teacher.num_queries} queries')
-        self._check_decode(student, decode)
-        self.decode = decode
         self.num_random = num_random
         self.num_teacher = num_teacher
         self.fg_weight = fg_weight
@@ -366,33 +320,8 @@ class QueryGroup:
         self.student_records = GroupRecords(self.capture)
         self.teacher_records = GroupRecords()
         self.points: Optional[Tensor] = None
-        # The student's logits when the group rode in its own decoder call.
-        self._appended_logits: Optional[List[Tensor]] = None
         #: Groups decoded so far by each model (tests and logs read them).
         self.decoded = dict(student=0, teacher=0)
-        #: How the student decoded the last group: ``'appended'`` to its
-        #: own decoder call or ``'separate'``.
-        self.student_decode: Optional[str] = None
-
-    def _check_decode(self, student: nn.Module, decode: str) -> None:
-        """Refuse a ``decode`` the student cannot take."""
-        if decode not in _DECODES:
-            raise ValueError(f'queries: decode must be one of {_DECODES}, '
-                             f'got {decode!r}')
-        if decode != 'appended':
-            return
-        if self.student_kind != 'dino':
-            raise ValueError(
-                "queries: decode='appended' needs a DINO student (its "
-                'decoder takes a self-attention mask); the student is '
-                f"{type(student).__name__}: use decode='separate'")
-        dropping = _dropout_module(student.decoder)
-        if dropping is not None:
-            raise ValueError(
-                "queries: decode='appended' needs a student decoder without "
-                f'dropout, but decoder.{dropping} drops: a longer call would '
-                'draw other dropout masks for its own queries; use '
-                "decode='separate'")
 
     # -- samplers ---------------------------------------------------------
     def _random(self, teacher: nn.Module, batch: int, like: Tensor) -> Tensor:
@@ -459,53 +388,6 @@ class QueryGroup:
         self.decoded['teacher'] += 1
         if self.teacher_records.active:
             self.teacher_records.records.extend(logits)
-        if (self.decode == 'appended' and self.capture.active
-                and self.capture.appended is None):
-            # Ride in the student's coming decoder call (teacher first).
-            self.capture.appended = self
-
-    def decode_appended(self, student: nn.Module,
-                        inputs: Dict) -> Optional[Dict]:
-        """Decode the group in the DINO student's own decoder call.
-
-        The group's queries follow the student's (denoising, then
-        detection) behind a self-attention mask that blocks both
-        directions, so every own query attends to what the stock call
-        shows it; the outputs are cut back to the own queries.
-
-        Args:
-            student (nn.Module): The DINO student.
-            inputs (dict): The inputs of its ``forward_decoder`` call.
-
-        Returns:
-            dict | None: The stock outputs (``hidden_states`` and
-            ``references`` of the own queries), or None without a sampled
-            group (the student then decodes it on its own).
-        """
-        if self.points is None:
-            return None
-        query, boxes = inputs['query'], inputs['reference_points']
-        group = group_inputs(student, 'dino', self.points.to(boxes))
-        own, total = query.shape[1], query.shape[1] + self.points.shape[1]
-        blocked = torch.ones(
-            total, total, dtype=torch.bool, device=query.device)
-        blocked[own:, own:] = False
-        mask = inputs.get('dn_mask')
-        blocked[:own, :own] = False if mask is None else mask
-        joint = dict(
-            inputs,
-            query=torch.cat([query, group['query'].to(query)], 1),
-            reference_points=torch.cat([boxes, group['reference_points']], 1),
-            dn_mask=blocked)
-        outputs = type(student).forward_decoder(student, **joint)
-        hidden = outputs['hidden_states']
-        self._appended_logits = class_logits(student, hidden[..., own:, :],
-                                             self.student_layers)
-        outputs['hidden_states'] = hidden[..., :own, :]
-        outputs['references'] = [
-            boxes[:, :own] for boxes in outputs['references']
-        ]
-        return outputs
 
     def student_step(self, student: nn.Module) -> None:
         """Decode the group on the student's own encoding of this step.
@@ -522,19 +404,14 @@ class QueryGroup:
         if self.points is None:
             raise RuntimeError('shared distillation queries: the teacher '
                                'has not sampled this step\'s group')
-        logits, self._appended_logits = self._appended_logits, None
-        self.capture.appended = None
-        self.student_decode = 'appended'
-        if logits is None:
-            device = inputs['memory'].device
-            points = self.points.to(device)
-            # Dropout in the group's decode must not move the global RNG
-            # that the student's next step draws from.
-            devices = [device] if device.type == 'cuda' else []
-            with torch.random.fork_rng(devices=devices):
-                logits = decode(student, self.student_kind, inputs, points,
-                                self.student_layers)
-            self.student_decode = 'separate'
+        device = inputs['memory'].device
+        points = self.points.to(device)
+        # Dropout in the group's decode must not move the global RNG that
+        # the student's next step draws from.
+        devices = [device] if device.type == 'cuda' else []
+        with torch.random.fork_rng(devices=devices):
+            logits = decode(student, self.student_kind, inputs, points,
+                            self.student_layers)
         self.decoded['student'] += 1
         self.points = None
         if self.student_records.active:
