@@ -41,6 +41,7 @@ Usage:
         [--queries num_random=50 num_teacher=50]
 """
 import argparse
+import contextlib
 import statistics
 import time
 
@@ -196,16 +197,22 @@ def build_pair(path: str,
     return build_model(cfg)
 
 
-def teacher_minimal_forward(model, inputs, samples, two_stage: bool):
+def teacher_minimal_forward(model,
+                            inputs,
+                            samples,
+                            two_stage: bool,
+                            counter=None):
     """Seconds of the teacher's minimal forward in a distillation step (a
     two-stage teacher scores the student's RoIs: the student's loss runs
-    first, untimed)."""
+    first, untimed and uncounted); ``counter`` (a :class:`Counts`) counts
+    the forward."""
     with model._recording():
         if two_stage:
             with torch.no_grad():
                 model.student.loss(inputs, samples)
         start = time.perf_counter()
-        model._run_teacher(inputs, samples)
+        with counter or contextlib.nullcontext():
+            model._run_teacher(inputs, samples)
         return time.perf_counter() - start
 
 
@@ -376,6 +383,22 @@ class _OpCount(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+class Counts:
+    """Context manager counting FLOPs and dispatched operators; read
+    ``result`` (``(flops, ops)``) after it exits."""
+
+    def __enter__(self):
+        self.flops, self.ops = FlopCounterMode(display=False), _OpCount()
+        self.flops.__enter__()
+        self.ops.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.ops.__exit__(*exc)
+        self.flops.__exit__(*exc)
+        self.result = (self.flops.get_total_flops(), self.ops.count)
+
+
 def count_pair(name: str, batch: int) -> dict:
     """FLOPs and operator counts of one pair's parts (see ``--count``).
 
@@ -395,18 +418,27 @@ def count_pair(name: str, batch: int) -> dict:
     student_optim = OptimWrapper(
         torch.optim.SGD(model.student.parameters(), lr=0.))
     optim = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.))
+
+    def counted(step):
+        with Counts() as counter:
+            step()
+        return counter
+
+    def teacher_minimal(counter=None):
+        teacher_minimal_forward(model, processed['inputs'],
+                                processed['data_samples'], name == 'two-stage',
+                                counter)
+        return counter
+
     parts = dict(
-        student=lambda: model.student.train_step(data, student_optim),
-        teacher_minimal=lambda: teacher_minimal_forward(
-            model, processed['inputs'], processed['data_samples'], name ==
-            'two-stage'),
-        distill=lambda: model.train_step(data, optim))
+        student=lambda: counted(lambda: model.student.train_step(
+            data, student_optim)),
+        teacher_minimal=lambda: teacher_minimal(Counts()),
+        distill=lambda: counted(lambda: model.train_step(data, optim)))
     counts = {}
     for key, part in parts.items():
         part()  # warm-up (lazy buffers, first-call caches)
-        with FlopCounterMode(display=False) as flops, _OpCount() as ops:
-            part()
-        counts[key] = (flops.get_total_flops(), ops.count)
+        counts[key] = part().result
     return counts
 
 
