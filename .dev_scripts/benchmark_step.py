@@ -216,6 +216,13 @@ def teacher_minimal_forward(model,
         return time.perf_counter() - start
 
 
+def still_optim(model) -> OptimWrapper:
+    """SGD at lr 0 over ``model``: the update runs at full cost but the
+    weights stay, so every run times the same model (a random DINO trained
+    on one batch drifts to NaN within a few steps)."""
+    return OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.))
+
+
 def quartiles(values):
     """(median, (q1, q3)) of the per-run values."""
     q1, median, q3 = statistics.quantiles(values, n=4)
@@ -282,15 +289,8 @@ def benchmark(name: str,
         if student_first:  # the order before the teacher went first
             each.teacher_forward.student_first = True
     data = make_batch(kind, images or batch, PAIR_SIZES.get(name))
-    # lr 0: the update runs at full cost but the weights stay, so every
-    # run times the same model (a random DINO trained on one batch drifts
-    # to NaN within a few steps).
-    student_optim = OptimWrapper(
-        torch.optim.SGD(model.student.parameters(), lr=0.))
-    optims = {
-        key: OptimWrapper(torch.optim.SGD(each.parameters(), lr=0.))
-        for key, each in models.items()
-    }
+    student_optim = still_optim(model.student)
+    optims = {key: still_optim(each) for key, each in models.items()}
 
     def student_step():
         model.student.train_step(data, student_optim)
@@ -415,30 +415,27 @@ def count_pair(name: str, batch: int) -> dict:
     model.train()
     data = make_batch(kind, images or batch, PAIR_SIZES.get(name))
     processed = model.data_preprocessor(data, True)
-    student_optim = OptimWrapper(
-        torch.optim.SGD(model.student.parameters(), lr=0.))
-    optim = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.))
+    student_optim, optim = still_optim(model.student), still_optim(model)
 
-    def counted(step):
-        with Counts() as counter:
-            step()
-        return counter
+    def student(counter):
+        with counter:
+            model.student.train_step(data, student_optim)
 
-    def teacher_minimal(counter=None):
+    def teacher_minimal(counter):
         teacher_minimal_forward(model, processed['inputs'],
                                 processed['data_samples'], name == 'two-stage',
                                 counter)
-        return counter
 
-    parts = dict(
-        student=lambda: counted(lambda: model.student.train_step(
-            data, student_optim)),
-        teacher_minimal=lambda: teacher_minimal(Counts()),
-        distill=lambda: counted(lambda: model.train_step(data, optim)))
+    def distill(counter):
+        with counter:
+            model.train_step(data, optim)
+
     counts = {}
-    for key, part in parts.items():
-        part()  # warm-up (lazy buffers, first-call caches)
-        counts[key] = part().result
+    for part in (student, teacher_minimal, distill):
+        part(Counts())  # warm-up (lazy buffers, first-call caches)
+        counter = Counts()
+        part(counter)
+        counts[part.__name__] = counter.result
     return counts
 
 
